@@ -1,0 +1,102 @@
+"""The interface every algorithm implements, and the pieces they share.
+
+An algorithm is an `nn.Module` so that its state (FlexMatch's per-sample labels, FreeMatch's running
+statistics, distribution-alignment history) lives in registered buffers: moved by `.to()`, saved by
+`state_dict()`, restored exactly on resume. Its learnable parts, if any (ReMixMatch's rotation head), are
+parameters and are optimised with the model.
+
+Contract (what keeps the step compiled, static and sync-free):
+- `forward` uses fixed shapes only: masks multiply, they never index; no `.item()`/`.tolist()`.
+- `step` is a 0-d int64 tensor on the device, so schedules (ramps, warm-ups) never recompile.
+- `update_state` is applied identically on every rank: anything derived from a rank's own batch is first
+  gathered with `fastssl.train.distributed.all_gather_cat` (fixed-size) or all-reduced.
+- Metrics are 0-d tensors; the trainer reads them on the host once every `log_every` steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from fastssl.data.batch import SSLBatch, ViewSpec
+
+
+class StepOutput(NamedTuple):
+    loss: Tensor
+    """0-d total loss to backpropagate"""
+    metrics: dict[str, Tensor]
+    """0-d tensors to log, e.g. sup_loss, unsup_loss, mask_ratio (no host sync here)"""
+    state: dict[str, Tensor]
+    """what `update_state` needs from this step (detached), e.g. pseudo, mask, maxprob"""
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    """Fields every algorithm has. An algorithm's own `Config` subclasses this."""
+
+    lambda_u: float = 1.0
+    """weight of the unlabeled loss"""
+
+
+class Algorithm(nn.Module):
+    """Base class. Subclasses set `name`, `Config`, `views`, and implement `forward`."""
+
+    name: ClassVar[str] = ""
+    """registry key, e.g. "fixmatch" (also the `--algo.name` value)"""
+    Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    """the algorithm's hyper-parameters, documented in place"""
+    views: ClassVar[ViewSpec] = ViewSpec(num_weak=1, num_strong=1)
+    """the unlabeled views the pipeline must produce"""
+    uses_teacher: ClassVar[bool] = False
+    """True if `forward` reads the EMA teacher (Mean Teacher, ICT): the trainer then calls `set_teacher`"""
+
+    def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int):
+        super().__init__()
+        if not isinstance(cfg, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.num_ulb = num_ulb
+        self._teacher: list[nn.Module] = []  # a list, so the teacher is not registered as a submodule
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Gives the algorithm the EMA teacher (not owned: not in this module's state_dict)."""
+        self._teacher[:] = [teacher]
+
+    @property
+    def teacher(self) -> nn.Module:
+        if not self._teacher:
+            raise RuntimeError(f"{self.name} reads the EMA teacher, but set_teacher() was never called")
+        return self._teacher[0]
+
+    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
+        """Updates buffers after the optimizer step. No-op unless the algorithm has state."""
+
+
+def forward_cat(model: nn.Module, *xs: Tensor) -> tuple[Tensor, ...]:
+    """One forward over the concatenation of `xs`, split back into one output per input.
+
+    One forward instead of several: one kernel launch per layer, and BatchNorm statistics over the
+    whole batch (the FixMatch convention). Empty inputs (0 rows) are allowed and give empty outputs.
+    """
+    sizes = [x.shape[0] for x in xs]
+    logits = model(torch.cat(xs)) if len(xs) > 1 else model(xs[0])
+    return tuple(logits.split(sizes))
+
+
+def config_from_dict(cls: type[AlgorithmConfig], values: dict[str, Any]) -> AlgorithmConfig:
+    """Builds `cls` from `values`, with an error that names unknown keys and the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join('--algo.' + k for k in unknown)} for this algorithm; "
+            f"valid: {', '.join('--algo.' + n for n in sorted(names))}"
+        )
+    return cls(**values)
