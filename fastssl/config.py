@@ -1,0 +1,268 @@
+"""The run configuration: a tree of dataclasses, every field documented in place.
+
+Overrides on the command line name the section and field: `--algo.tau=0.9`, `--train.steps 2000`.
+The algorithm's own hyper-parameters live under `algo.` and are validated by the algorithm's `Config`
+once `--algo.name` is known. Cross-field checks run in `Config.validate()` before anything is built, so a
+bad option fails in the first second with a message that names the fix.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastssl.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
+from fastssl.algorithms.base import config_from_dict
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    """dataset: digits (offline default, ships with scikit-learn), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz"""
+    root: str | None = None
+    """folder (or archive) holding the dataset files; not needed for digits"""
+    num_labels: int = 20
+    """labeled samples in total, class-balanced (a multiple of the class count)"""
+    split_seed: int = 0
+    """seed of the labeled/unlabeled split (independent of the training seed)"""
+    include_labeled_in_unlabeled: bool = True
+    """the unlabeled set is the whole training set, labeled samples included (the reference convention)"""
+    svhn_extra: bool = False
+    """SVHN: add the 531k `extra` images to the unlabeled set"""
+    image_size: int = 0
+    """side of the square training images; 0 = the dataset's own (required for imagefolder)"""
+    batch_size: int = 32
+    """global labeled batch per step (divided across ranks)"""
+    uratio: int = 7
+    """μ: unlabeled samples per labeled sample in a batch"""
+    eval_batch_size: int = 256
+    """global evaluation batch"""
+    num_threads: int = 2
+    """DALI worker threads per pipeline"""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn_small"
+    """architecture: cnn_small, wrn_28_2, wrn_28_8, wrn_37_2"""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.03
+    """peak learning rate (SGD)"""
+    momentum: float = 0.9
+    """SGD momentum"""
+    nesterov: bool = True
+    """Nesterov momentum"""
+    weight_decay: float = 5e-4
+    """L2 weight decay, applied to conv/linear weights only (not BatchNorm or biases)"""
+    cosine_cycles: float = 7 / 16
+    """the schedule is lr·cos(π·cosine_cycles·k/K) (FixMatch: 7/16)"""
+    warmup_steps: int = 0
+    """linear learning-rate warm-up steps"""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    """total optimisation steps K (the schedule's horizon)"""
+    seed: int = 0
+    """training seed (model init, augmentation, sampling)"""
+    ema_decay: float = 0.999
+    """EMA teacher decay; evaluation uses the teacher"""
+    eval_every: int = 250
+    """evaluate every N steps (and at the end)"""
+    log_every: int = 50
+    """read metrics from the device every N steps (the only host sync in the loop)"""
+    ckpt_every: int = 500
+    """write a checkpoint every N steps (and at the end); 0 = only at the end"""
+    last_n: int = 5
+    """report the mean top-1 of the last N evaluations (the published tables' convention)"""
+    out: str | None = None
+    """run directory (config.json, metrics.jsonl, checkpoints, the labeled split); default runs/<algo>-<dataset>-<time>"""
+    resume: str | None = None
+    """checkpoint to continue from exactly (a file, or a run directory: its latest checkpoint)"""
+    compile: str = "auto"
+    """torch.compile the train step: auto (on with CUDA, off on CPU), on, off"""
+    amp: str = "auto"
+    """mixed precision: auto (bf16 on CUDA, off on CPU), bf16, off"""
+    channels_last: str = "auto"
+    """channels_last memory format: auto (on with CUDA), on, off"""
+    progress: bool = True
+    """progress bar with it/s and ETA on stderr (rank 0)"""
+
+
+SECTIONS = ("data", "model", "optim", "train", "augment", "algo")
+
+
+def _augment_config_cls():
+    from fastssl.data.augment import AugmentConfig
+
+    return AugmentConfig
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: Any = field(default_factory=lambda: _augment_config_cls()())
+    algo_name: str = "fixmatch"
+    """algorithm (--algo.name): see `fastssl info`"""
+    algo: AlgorithmConfig = field(default_factory=lambda: ALGORITHMS["fixmatch"].Config())
+
+    def validate(self) -> "Config":
+        """Cross-field checks; each error names the option and the fix."""
+        from fastssl.models import MODELS
+
+        d, o, t = self.data, self.optim, self.train
+        get_algorithm(self.algo_name)
+        if self.model.name not in MODELS:
+            raise ValueError(f"unknown model --model.name={self.model.name!r}; choose one of: {', '.join(sorted(MODELS))}")
+        checks = [
+            (o.lr > 0, f"--optim.lr={o.lr} must be > 0 (FixMatch uses 0.03)"),
+            (o.weight_decay >= 0, f"--optim.weight_decay={o.weight_decay} must be ≥ 0"),
+            (0 <= o.momentum < 1, f"--optim.momentum={o.momentum} must be in [0, 1)"),
+            (t.steps > 0, f"--train.steps={t.steps} must be > 0"),
+            (0 <= t.ema_decay < 1, f"--train.ema_decay={t.ema_decay} must be in [0, 1)"),
+            (d.batch_size > 0, f"--data.batch_size={d.batch_size} must be > 0"),
+            (d.uratio > 0, f"--data.uratio={d.uratio} must be > 0"),
+            (t.eval_every > 0 and t.log_every > 0, "--train.eval_every and --train.log_every must be > 0"),
+            (t.ckpt_every >= 0, f"--train.ckpt_every={t.ckpt_every} must be ≥ 0 (0 = only at the end)"),
+            (t.compile in ("auto", "on", "off"), f"--train.compile={t.compile!r}: use auto, on or off"),
+            (t.amp in ("auto", "bf16", "off"), f"--train.amp={t.amp!r}: use auto, bf16 or off"),
+            (t.channels_last in ("auto", "on", "off"), f"--train.channels_last={t.channels_last!r}: use auto, on or off"),
+            (d.name == "digits" or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["algo"] = {"name": self.algo_name, **out.pop("algo")}
+        del out["algo_name"]
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        cfg = cls()
+        apply_overrides(cfg, flatten(d))
+        return cfg
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _parse_value(raw: Any, typ: Any, key: str) -> Any:
+    """Converts a command-line string to the field's type (values from JSON pass through checks)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        return _parse_value(raw, args[0], key)
+    if not isinstance(raw, str):
+        if typ is float and isinstance(raw, int):
+            return float(raw)
+        return raw
+    try:
+        if typ is bool:
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ in (int, float):
+            return typ(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"--{key}={raw!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+
+
+def _set_field(obj: Any, name: str, raw: Any, key: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields:
+        raise ValueError(f"unknown option --{key}; valid in this section: "
+                         f"{', '.join('--' + key.rsplit('.', 1)[0] + '.' + n for n in sorted(fields))}")
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, name, _parse_value(raw, hints[name], key))
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Applies {"section.field": value} in place. `algo.name` first, then the algorithm's own fields."""
+    overrides = dict(overrides)
+    if "algo.name" in overrides:
+        cfg.algo_name = str(overrides.pop("algo.name"))
+        cfg.algo = get_algorithm(cfg.algo_name).Config()
+    algo_values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ValueError(f"unknown option --{key}; options look like --SECTION.FIELD with SECTION in "
+                             f"{', '.join(SECTIONS)} (see --help)")
+        if section == "algo":
+            algo_values[name] = raw
+        else:
+            _set_field(getattr(cfg, section), name, raw, key)
+    if algo_values:
+        cls = type(cfg.algo)
+        hints = typing.get_type_hints(cls)
+        current = dataclasses.asdict(cfg.algo)
+        unknown = [k for k in algo_values if k not in hints]
+        if unknown:
+            config_from_dict(cls, {**current, **algo_values})  # raises with the list of valid names
+        current.update({k: _parse_value(v, hints[k], f"algo.{k}") for k, v in algo_values.items()})
+        cfg.algo = config_from_dict(cls, current)
+    return cfg
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field (`x: int = 1` then `\"\"\"doc\"\"\"`), read from the source."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass).lstrip())
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cfg: Config) -> list[tuple[str, str, str]]:
+    """(option, default, meaning) for every option, for --help."""
+    rows = [("--algo.name", cfg.algo_name, f"algorithm: {', '.join(sorted(ALGORITHMS))}")]
+    for section in SECTIONS:
+        obj = cfg.algo if section == "algo" else getattr(cfg, section)
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            rows.append((f"--{section}.{f.name}", json.dumps(getattr(obj, f.name)), docs.get(f.name, "")))
+    return rows
