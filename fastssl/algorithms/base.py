@@ -52,13 +52,16 @@ class Algorithm(nn.Module):
     uses_teacher: ClassVar[bool] = False
     """True if `forward` reads the EMA teacher (Mean Teacher, ICT): the trainer then calls `set_teacher`"""
 
-    def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int):
+    def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
+        """`num_ulb`: size of the (global) unlabeled set, for per-sample state; `total_steps`: the run's
+        length K, for ramps and warm-ups defined as fractions of training."""
         super().__init__()
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.num_ulb = num_ulb
+        self.total_steps = total_steps
         self._teacher: list[nn.Module] = []  # a list, so the teacher is not registered as a submodule
 
     def set_teacher(self, teacher: nn.Module) -> None:
