@@ -239,8 +239,9 @@ def test_npz_any_layout_and_as_cifar10(tmp_path, rng):
     c10 = load_dataset("cifar10", tmp_path / "c.npz")
     assert c10.name == "cifar10" and c10.class_names[0] == "airplane" and np.array_equal(c10.train_x, trx)
     gray = rand_images(rng, 4, 8, 8, 1)[..., 0]
-    np.savez(tmp_path / "g.npz", x_train=gray, y_train=np.arange(4), x_test=gray, y_test=np.arange(4))
+    np.savez(tmp_path / "g.npz", x_train=gray, y_train=np.arange(4)[:, None], x_test=gray, y_test=np.arange(4))
     g = load_dataset("npz", tmp_path / "g.npz", num_classes=5)
+    assert g.train_y.tolist() == [0, 1, 2, 3]
     assert g.train_x.shape == (4, 8, 8, 1) and g.num_classes == 5
 
 

@@ -445,7 +445,10 @@ def _load_npz(root, num_classes: int | None = None) -> Dataset:
     xs = []
     for k, yk in (("x_train", "y_train"), ("x_test", "y_test")):
         x = arr[k][..., None] if arr[k].ndim == 3 else arr[k]
-        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(arr[yk]) or arr[yk].ndim != 1:
+        if arr[yk].ndim == 2 and arr[yk].shape[1] == 1:
+            arr[yk] = arr[yk][:, 0]  # Keras-style (N, 1) labels
+        if (x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(arr[yk]) or arr[yk].ndim != 1
+                or not np.issubdtype(arr[yk].dtype, np.integer)):
             raise DatasetError(f"{path}: {k} is {arr[k].dtype}{arr[k].shape}, {yk} {arr[yk].shape}; "
                                f"expected {expected} with equal lengths")
         xs.append(x)
