@@ -6,6 +6,7 @@ returns the NHWC uint8 images and int64 labels the reader must give back.
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 import tarfile
@@ -30,9 +31,32 @@ def cifar_row(img: np.ndarray) -> np.ndarray:
 
 
 def _dump(obj, path: Path):
-    # The official batches are Python 2 cPickle dicts with byte-string keys; protocol 2 + bytes keys
-    # reproduces that (Python 3 writes bytes through _codecs.encode under protocol 2).
+    # Python 3 protocol 2: bytes go through _codecs.encode (how a re-pickled batch looks).
     path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` opcodes (SHORT_BINSTRING/BINSTRING), as cPickle did for the
+    official CIFAR batches; under encoding="latin1" they load back as Python 3 str."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_py2_str(self, obj: bytes):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+
+
+def dump_py2(obj, path: Path):
+    """A pickle as the official (Python 2, numpy 1) CIFAR batches are: byte strings as py2 str and
+    arrays rebuilt through numpy.core.multiarray (numpy 2 renamed it numpy._core)."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    path.write_bytes(buf.getvalue().replace(b"cnumpy._core.", b"cnumpy.core."))
 
 
 def write_cifar10(root: Path, rng, per_batch=(3, 2, 2, 3, 2), n_test=4):
@@ -44,12 +68,12 @@ def write_cifar10(root: Path, rng, per_batch=(3, 2, 2, 3, 2), n_test=4):
         y = rng.integers(0, 10, n).tolist()
         name = f"data_batch_{i + 1}" if i < 5 else "test_batch"
         rows = np.stack([cifar_row(im) for im in x])
-        _dump({b"batch_label": name.encode(), b"labels": y, b"data": rows,
+        dump_py2({b"batch_label": name.encode(), b"labels": y, b"data": rows,
                b"filenames": [f"{j}.png".encode() for j in range(n)]}, d / name)
         xs.append(x)
         ys.append(np.asarray(y, np.int64))
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _dump({b"label_names": names, b"num_cases_per_batch": 10000, b"num_vis": 3072}, d / "batches.meta")
+    dump_py2({b"label_names": names, b"num_cases_per_batch": 10000, b"num_vis": 3072}, d / "batches.meta")
     return (np.concatenate(xs[:5]), np.concatenate(ys[:5])), (xs[5], ys[5]), d
 
 
