@@ -180,6 +180,9 @@ _CIFAR_STATS = {
     "cifar100": ((129.3 / 255, 124.1 / 255, 112.4 / 255), (68.2 / 255, 65.4 / 255, 70.4 / 255)),
 }
 
+_CIFAR_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                            "ship", "truck"]}  # for the npz layout, which carries no names
+
 
 class _SafeUnpickler(pickle.Unpickler):
     """The CIFAR batches are pickles; unpickling runs arbitrary code, so allow only what they contain:
@@ -258,6 +261,8 @@ def _load_cifar(name: str, root) -> Dataset:
     root = _need_root(name, root, f"the folder holding {folder}/ or {archive}")
     if root.suffix == ".npz":  # the shared benchmark layout
         ds = _load_npz(root, num_classes=k)
+        if ds.train_x.shape[1:] != (32, 32, 3):
+            raise DatasetError(f"{root} holds {ds.train_x.shape[1:]} images; {name} needs (32, 32, 3)")
         mean, std = _CIFAR_STATS[name]
         return Dataset(name, ds.train_x, ds.train_y, ds.test_x, ds.test_y, k, 3, (32, 32), mean, std,
                        _CIFAR_NAMES.get(name, ds.class_names))
@@ -271,9 +276,6 @@ def _load_cifar(name: str, root) -> Dataset:
     mean, std = _CIFAR_STATS[name]
     return Dataset(name, train_x, train_y, test_x, test_y, k, 3, (32, 32), mean, std, class_names)
 
-
-_CIFAR_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                            "ship", "truck"]}
 
 
 # ---------------------------------------------------------------------------------------------- SVHN
@@ -350,7 +352,8 @@ def _load_stl10(root, unlabeled: bool = True) -> Dataset:
     """STL-10 binary. The 100k unlabeled images (2.7 GB) are a read-only memmap view, never loaded."""
     root = _need_root("stl10", root, "the stl10_binary folder or its parent")
     want = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"] + (["unlabeled_X.bin"] if unlabeled else [])
-    expected = f"stl10_binary/{{{', '.join(want)}}} (the official binary version, stl10_binary.tar.gz)"
+    expected = (f"stl10_binary/{{{', '.join(want)}}} (the official binary version: extract "
+                "stl10_binary.tar.gz; the 2.7 GB unlabeled file is memory-mapped, so it must be a plain file)")
     base = root if (root / want[0]).exists() else root / "stl10_binary"
     missing = [n for n in want if not (base / n).is_file()]
     if missing:
@@ -469,13 +472,15 @@ _IMG_EXT = {".jpg", ".jpeg", ".png"}
 
 def _scan_split(split_dir: Path, class_names: list[str]) -> tuple[list[str], np.ndarray]:
     files, labels = [], []
+    split_dir = split_dir.resolve()  # once, not per file: ImageNet has 1.28M of them
     for label, cls in enumerate(class_names):
         cdir = split_dir / cls
         if not cdir.is_dir():
             continue  # a test split may lack a class
-        found = sorted(p.name for p in cdir.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMG_EXT)
-        files += [str((cdir / f).resolve()) for f in found]
+        with os.scandir(cdir) as it:  # scandir's is_file() needs no extra stat per entry
+            found = sorted(e.name for e in it if e.is_file() and not e.name.startswith(".")
+                           and os.path.splitext(e.name)[1].lower() in _IMG_EXT)
+        files += [os.path.join(cdir, f) for f in found]
         labels += [label] * len(found)
     return files, np.asarray(labels, dtype=np.int64)
 
