@@ -81,6 +81,9 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
     y_other[[0, 1]] = y_other[[1, 0]] if y[0] != y[1] else (y[0] + 1) % 4
     with pytest.raises(ValueError, match="labels_sha256"):
         load_split(tmp_path / "split.npz", y_other)
+    (tmp_path / "torn.npz").write_bytes((tmp_path / "split.npz").read_bytes()[:40])
+    with pytest.raises(ValueError, match="torn.npz is unreadable"):
+        load_split(tmp_path / "torn.npz")
     with pytest.raises(ValueError, match="lacks"):
         save_split(tmp_path / "bad.npz", s, {"dataset": "toy"})
 

@@ -436,7 +436,8 @@ def _load_npz(root, num_classes: int | None = None) -> Dataset:
     if not path.is_file():
         raise DatasetError(f"{path} does not exist; expected {expected}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # our own handle: np.load leaks the one it opens when the zip is damaged
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             missing = [k for k in keys if k not in z.files]
             if missing:
                 raise DatasetError(f"{path} lacks {missing} (has {z.files}); expected {expected}")

@@ -97,9 +97,15 @@ def load_split(path: str | os.PathLike, labels: np.ndarray | None = None, **expe
     """Read a split written by `save_split`. With `labels`, their hash must equal the saved one and the
     indices must fit; every `expected` key (dataset=, num_labels=, seed=, ...) must equal the saved value.
     A mismatch raises ValueError: reusing a split made for other data would silently be wrong."""
-    with np.load(path, allow_pickle=False) as z:
-        split = Split(z["lb_idx"].astype(np.int64), z["ulb_idx"].astype(np.int64))
-        meta = json.loads(str(z["meta"]))
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            split = Split(z["lb_idx"].astype(np.int64), z["ulb_idx"].astype(np.int64))
+            meta = json.loads(str(z["meta"]))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file
+        raise ValueError(f"split file {path} is unreadable ({type(e).__name__}: {e}); delete it to draw "
+                         "a new split") from None
     diff = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if labels is not None and meta["labels_sha256"] != labels_hash(labels):
         diff["labels_sha256"] = (meta["labels_sha256"][:12] + "…", labels_hash(labels)[:12] + "…")
