@@ -357,9 +357,9 @@ def _load_stl10(root, unlabeled: bool = True) -> Dataset:
     base = root if (root / want[0]).exists() else root / "stl10_binary"
     missing = [n for n in want if not (base / n).is_file()]
     if missing:
-        raise DatasetError(f"missing {', '.join(missing)} in {base}; expected {expected} under {root}; "
-                           f"found: {_listing(base if base.is_dir() else root)}"
-                           + ("; pass unlabeled=False to go without unlabeled_X.bin" if missing == ["unlabeled_X.bin"] else ""))
+        hint = "; pass unlabeled=False to go without it" if missing == ["unlabeled_X.bin"] else ""
+        raise DatasetError(f"missing {', '.join(missing)} in {base}{hint}; expected {expected} under {root}; "
+                           f"found: {_listing(base if base.is_dir() else root)}")
     train_x = _stl_images(base / "train_X.bin", expected, lazy=False)
     train_y = _stl_labels(base / "train_y.bin", len(train_x), expected)
     test_x = _stl_images(base / "test_X.bin", expected, lazy=False)
