@@ -82,7 +82,8 @@ def test_cnn_leaky_slope_and_bn():
 def test_wrn_structure():
     """28-2: 3 groups of 4 blocks, widths 32/64/128, strides 1/2/2; only block 0 activates before its shortcut.
     37-2: 4 groups, widths 32..256, first stride 2 (96 -> 6x6 at the end)."""
-    for name, widths, strides in [("wrn_28_2", [32, 64, 128], [1, 2, 2]), ("wrn_37_2", [32, 64, 128, 256], [2, 2, 2, 2])]:
+    expected = [("wrn_28_2", [32, 64, 128], [1, 2, 2]), ("wrn_37_2", [32, 64, 128, 256], [2, 2, 2, 2])]
+    for name, widths, strides in expected:
         blocks = list(_model(name).blocks)
         assert len(blocks) == 4 * len(widths)
         assert [b.conv1.out_channels for b in blocks[::4]] == widths
