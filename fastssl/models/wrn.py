@@ -67,7 +67,8 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-d-k: a stem conv, `num_groups` groups of n = (d - 4) / 6 blocks (widths 16k, 32k, 64k, ...), BN + act, global mean, linear.
+    """WRN-d-k: a stem conv, `num_groups` groups of n = (d - 4) / 6 blocks (widths 16k, 32k, 64k, ...),
+    BN + act, global mean, linear.
 
     `forward_features(x)` -> (N, num_features) pooled features; `head` is the final Linear;
     `forward(x) = head(forward_features(x))` -> (N, num_classes) logits.
