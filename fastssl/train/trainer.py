@@ -202,7 +202,7 @@ class Trainer:
         (self.out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str))
         from fastssl.data.splits import save_split
 
-        save_split(self.out_dir / "labeled_split.json", self.data.split, self.data.split_meta)
+        save_split(self.out_dir / "split.npz", self.data.split, self.data.split_meta)
         # On resume, evaluations after the checkpoint's step are about to be redone: drop them.
         mpath = self.out_dir / "metrics.jsonl"
         kept = [h for h in self.history if h["step"] <= self.step]
