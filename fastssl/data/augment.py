@@ -136,9 +136,14 @@ def _blend(degenerate: DataNode, x: DataNode, v: DataNode) -> DataNode:
     return _to_u8(degenerate + _on(v, x) * (x - degenerate))
 
 
-def _warp(x: DataNode, m: list, fill: int) -> DataNode:
-    """Nearest-neighbour affine warp with PIL's convention: source = M @ (dst + 0.5), per-sample M (2, 3)."""
-    mat = fn.reshape(fn.stack(*[fn.cast(e, dtype=types.FLOAT) for e in m]), shape=[2, 3])
+def _c(a) -> DataNode:
+    return types.Constant(np.asarray(a, dtype=np.float32))
+
+
+def _warp(x: DataNode, mat: DataNode, fill: int) -> DataNode:
+    """Nearest-neighbour affine warp with PIL's convention: source = M @ (dst + 0.5), per-sample M (2, 3).
+    Each M is one arithmetic expression of the magnitude and constant (2, 3) arrays (one operator; a
+    fn.stack of six scalars costs several per branch of the op selection)."""
     return fn.warp_affine(x, matrix=mat, fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
 
 
@@ -180,11 +185,12 @@ def posterize(x, v, *, hw, channels, fill):
 
 
 def rotate(x, v, *, hw, channels, fill):
-    h, w = hw
-    t = v * (-np.pi / 180.0)  # PIL: counter-clockwise, inverse matrix about (w/2, h/2)
-    c, s = dmath.cos(t), dmath.sin(t)
-    cx, cy = w / 2.0, h / 2.0
-    return _warp(x, [c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy], fill)
+    # PIL: counter-clockwise about (w/2, h/2); inverse matrix [[c, s, cx - c·cx - s·cy], [-s, c, cy + s·cx - c·cy]]
+    cx, cy = hw[1] / 2.0, hw[0] / 2.0
+    t = v * (-np.pi / 180.0)
+    mat = (dmath.cos(t) * _c([[1, 0, -cx], [0, 1, -cy]]) + dmath.sin(t) * _c([[0, 1, -cy], [-1, 0, cx]])
+           + _c([[0, 0, cx], [0, 0, cy]]))
+    return _warp(x, mat, fill)
 
 
 def sharpness(x, v, *, hw, channels, fill):
@@ -198,11 +204,11 @@ def sharpness(x, v, *, hw, channels, fill):
 
 
 def shear_x(x, v, *, hw, channels, fill):
-    return _warp(x, [1.0, v, 0.0, 0.0, 1.0, 0.0], fill)
+    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 1, 0], [0, 0, 0]]), fill)
 
 
 def shear_y(x, v, *, hw, channels, fill):
-    return _warp(x, [1.0, 0.0, 0.0, v, 1.0, 0.0], fill)
+    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 0, 0], [1, 0, 0]]), fill)
 
 
 def solarize(x, v, *, hw, channels, fill):
@@ -211,11 +217,11 @@ def solarize(x, v, *, hw, channels, fill):
 
 
 def translate_x(x, v, *, hw, channels, fill):
-    return _warp(x, [1.0, 0.0, v * float(hw[1]), 0.0, 1.0, 0.0], fill)
+    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 0, hw[1]], [0, 0, 0]]), fill)
 
 
 def translate_y(x, v, *, hw, channels, fill):
-    return _warp(x, [1.0, 0.0, 0.0, 0.0, 1.0, v * float(hw[0])], fill)
+    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 0, 0], [0, 0, hw[0]]]), fill)
 
 
 OPS: dict[str, Callable] = {
@@ -242,34 +248,40 @@ def cutout(x, side, cx, cy, *, hw, channels, fill):
 # ---------------------------------------------------------------- views
 
 
-def pad_crop(x: DataNode, hw: tuple[int, int], pad_frac: float) -> DataNode:
-    """Reflect-pad by int(pad_frac * side) (numpy/torch "reflect": the edge pixel is not repeated), then
-    crop a random window of the original size: every offset in [0, 2·pad] equally likely, per axis."""
+def reflect_pad(x: DataNode, hw: tuple[int, int], pad_frac: float) -> DataNode:
+    """Reflect-pad by int(pad_frac * side) per axis (numpy/torch "reflect": the edge pixel is not repeated).
+    Done once per image and shared by all its views."""
     h, w = hw
     ph, pw = int(pad_frac * h), int(pad_frac * w)
-    if ph == 0 and pw == 0:
-        return x
     if pw:
         x = fn.cat(fn.flip(x[:, 1:pw + 1], horizontal=1), x, fn.flip(x[:, w - pw - 1:w - 1], horizontal=1),
                    axis=1)
     if ph:
         x = fn.cat(fn.flip(x[1:ph + 1], vertical=1, horizontal=0), x,
                    fn.flip(x[h - ph - 1:h - 1], vertical=1, horizontal=0), axis=0)
-    dy = fn.random.uniform(values=list(range(2 * ph + 1)), dtype=types.INT32)
-    dx = fn.random.uniform(values=list(range(2 * pw + 1)), dtype=types.INT32)
-    return fn.slice(x, start=fn.stack(dy, dx), shape=[h, w], axis_names="HW")
+    return x
 
 
-def flip(x: DataNode, prob: float) -> DataNode:
-    """Horizontal flip with probability `prob` (0: no op in the graph)."""
-    if prob <= 0.0:
-        return x
-    return fn.flip(x, horizontal=fn.random.coin_flip(probability=prob, dtype=types.INT32), vertical=0)
+def crop_flip(padded: DataNode, cfg: AugmentConfig, hw: tuple[int, int], mean=None, std=None) -> DataNode:
+    """Random crop of size `hw` out of `reflect_pad`'s output (every offset in [0, 2·pad] equally likely,
+    per axis), flipped with probability `flip_prob`, in one crop_mirror_normalize. With mean/std (0–255
+    scale) the result is normalized float32, else uint8."""
+    h, w = hw
+    ph, pw = int(cfg.crop_pad_frac * h), int(cfg.crop_pad_frac * w)
+
+    def pos(p):  # offset k ∈ {0..2p} as crop_pos = k / 2p, which DALI scales back by (2p) and rounds to k
+        return fn.random.uniform(values=[k / (2 * p) for k in range(2 * p + 1)]) if p else 0.0
+
+    mirror = fn.random.coin_flip(probability=cfg.flip_prob, dtype=types.INT32) if cfg.flip_prob > 0 else 0
+    norm = dict(dtype=types.UINT8, mean=0.0, std=1.0) if mean is None else dict(
+        dtype=types.FLOAT, mean=[float(m) for m in mean], std=[float(s) for s in std])
+    return fn.crop_mirror_normalize(padded, crop=[h, w], crop_pos_y=pos(ph), crop_pos_x=pos(pw), mirror=mirror,
+                                    output_layout="HWC", **norm)
 
 
-def weak_view(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int]) -> DataNode:
-    """USB's weak transform on uint8 HWC images of static size `hw`: pad-and-crop, then flip."""
-    return flip(pad_crop(x, hw, cfg.crop_pad_frac), cfg.flip_prob)
+def weak_view(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], mean=None, std=None) -> DataNode:
+    """USB's weak transform on uint8 HWC images of static size `hw`: reflect pad, random crop, flip."""
+    return crop_flip(reflect_pad(x, hw, cfg.crop_pad_frac), cfg, hw, mean, std)
 
 
 def rand_augment(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int) -> DataNode:
@@ -300,12 +312,25 @@ def random_cutout(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels
     return cutout(x, side, cx, cy, hw=hw, channels=channels, fill=cfg.cutout_fill)
 
 
-def strong_view(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int) -> DataNode:
-    """USB's strong transform: weak, RandAugment(num_ops) over the pool, Cutout."""
-    x = weak_view(x, cfg, hw)
+def strong_view(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean=None, std=None,
+                *, padded: DataNode | None = None) -> DataNode:
+    """USB's strong transform: weak, RandAugment(num_ops) over the pool, Cutout (normalized if mean/std).
+    Pass `padded` (reflect_pad's output) to share the padding with other views of the same images."""
+    padded = reflect_pad(x, hw, cfg.crop_pad_frac) if padded is None else padded
+    x = crop_flip(padded, cfg, hw)
     if cfg.num_ops > 0:
         x = rand_augment(x, cfg, hw, channels)
-    return random_cutout(x, cfg, hw, channels)
+    x = random_cutout(x, cfg, hw, channels)
+    return x if mean is None else normalize(x, mean, std)
+
+
+def views(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean, std, num_weak: int,
+          num_strong: int) -> list[DataNode]:
+    """`num_weak` weak then `num_strong` strong normalized float32 HWC views of the same uint8 images, with
+    one shared reflect padding; a weak view is a single fused crop/flip/normalize op."""
+    padded = reflect_pad(x, hw, cfg.crop_pad_frac)
+    return ([crop_flip(padded, cfg, hw, mean, std) for _ in range(num_weak)]
+            + [strong_view(x, cfg, hw, channels, mean, std, padded=padded) for _ in range(num_strong)])
 
 
 def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:

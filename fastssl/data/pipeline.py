@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from fastssl.data.augment import AugmentConfig, normalize, strong_view, weak_view
+from fastssl.data.augment import AugmentConfig, normalize, views
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 _LB, _ULB = 0, 1  # stream ids: the labeled and unlabeled samplers draw independent permutations
@@ -116,11 +116,10 @@ def _train_graph(source, *, hw, channels, aug, mean, std, num_weak, num_strong, 
     imgs, labels, idx = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
                                            layout=[None if encoded else "HWC", None, None])
     imgs = _load(imgs, hw, channels, gpu, encoded)
-    weak = [normalize(weak_view(imgs, aug, hw), mean, std) for _ in range(num_weak)]
-    strong = [normalize(strong_view(imgs, aug, hw, channels), mean, std) for _ in range(num_strong)]
+    out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong)
     if gpu:
         labels, idx = labels.gpu(), idx.gpu()
-    return (*weak, *strong, labels, idx)
+    return (*out, labels, idx)
 
 
 def _load(imgs, hw, channels, gpu, encoded):
