@@ -120,6 +120,19 @@ def test_exact_resume_from_checkpoint():
         fresh.load_state_dict({})
 
 
+def test_memmap_input(tmp_path):
+    """STL-10's unlabeled set arrives as a np.memmap: the callback reads only the rows it needs."""
+    x, y = _data(30)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    args = dict(batch_size=4, uratio=3, views=ViewSpec(), aug=NO_AUG, mean=MEAN, std=STD, seed=7, num_threads=1)
+    b = next(iter(TrainLoader(mm[:10], y[:10], mm, y, **args)))
+    ref = (torch.from_numpy(x[b.idx_ulb.numpy()]).float() - torch.tensor(MEAN) * 255) / (torch.tensor(STD) * 255)
+    torch.testing.assert_close(b.x_ulb_w, ref.permute(0, 3, 1, 2), rtol=0, atol=1e-5)
+
+
 def test_view_counts():
     loader, _, _ = _loader(aug=NO_AUG, views=ViewSpec(num_weak=2, num_strong=0))
     b = next(iter(loader))
@@ -185,3 +198,17 @@ def test_gpu_loader_hands_cuda_tensors_without_copy():
     bc, bg = next(iter(cpu)), next(iter(gpu))
     assert torch.equal(bc.idx_ulb, bg.idx_ulb.cpu())
     torch.testing.assert_close(bc.x_ulb_w, bg.x_ulb_w.cpu(), rtol=0, atol=1e-5)
+
+
+def test_single_channel_digits_full_pool():
+    """Digits/MNIST: one channel, no flip; every op of the pool builds and runs on (H, W, 1)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (40, 16, 16, 1), dtype=np.uint8), rng.integers(0, 10, 40)
+    aug = AugmentConfig(flip_prob=0.0)
+    loader = TrainLoader(x[:8], y[:8], x, y, batch_size=4, uratio=2, views=ViewSpec(), aug=aug, mean=(0.5,),
+                         std=(0.25,), seed=0, num_threads=1)
+    it = iter(loader)
+    for _ in range(3):
+        b = next(it)
+    assert b.x_ulb_s.shape == (8, 1, 16, 16) and b.x_lb.shape == (4, 1, 16, 16)
+    assert -2.0 <= b.x_ulb_s.min() and b.x_ulb_s.max() <= 2.0

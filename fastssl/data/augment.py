@@ -342,9 +342,10 @@ def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
 # ---------------------------------------------------------------- running one op alone (tests, debugging)
 
 
-def run_op(images: np.ndarray, name: str, magnitudes, **cutout_params) -> np.ndarray:
+def run_op(images: np.ndarray, name: str, magnitudes, device: str = "cpu", **cutout_params) -> np.ndarray:
     """Applies one op (or "Cutout", with per-sample arrays `cx`, `cy` and `magnitudes` as the side in px)
-    with fixed per-sample magnitudes to uint8 NHWC `images` on DALI's CPU backend; returns uint8 NHWC."""
+    with fixed per-sample magnitudes to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0
+    (device="gpu"); returns uint8 NHWC on the host."""
     from nvidia.dali import pipeline_def
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -354,9 +355,10 @@ def run_op(images: np.ndarray, name: str, magnitudes, **cutout_params) -> np.nda
     if name == "Cutout":
         cols += [[np.float32(v) for v in cutout_params[k]] for k in ("cx", "cy")]
 
-    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None)
     def pipe():
         x = fn.external_source(source=lambda: cols[0], batch=True, layout="HWC")
+        x = x.gpu() if device == "gpu" else x
         v = fn.external_source(source=lambda: cols[1], batch=True)
         kw = dict(hw=(h, w), channels=c)
         if name == "Cutout":
@@ -368,4 +370,4 @@ def run_op(images: np.ndarray, name: str, magnitudes, **cutout_params) -> np.nda
     p = pipe()
     p.build()
     (out,) = p.run()
-    return np.array(out.as_tensor())
+    return np.array((out.as_cpu() if device == "gpu" else out).as_tensor())
