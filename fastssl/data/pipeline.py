@@ -146,8 +146,11 @@ class TrainLoader:
     `lb_x`/`ulb_x`: uint8 (N, H, W, C) arrays (a np.memmap is fine) of one fixed size; `lb_y`/`ulb_y`:
     int64 labels; `idx_ulb` values are positions in `ulb_x`. `batch_size` is the global labeled batch and
     `uratio` (μ) the unlabeled:labeled ratio; each rank gets batch_size/world_size labeled and
-    μ·batch_size/world_size unlabeled samples. `device`: cuda → DALI "gpu"/"mixed" ops on that device,
-    cpu → DALI's CPU backend.
+    μ·batch_size/world_size unlabeled samples (error if not divisible). `device`: cuda:i → DALI
+    "gpu"/"mixed" ops on GPU i (pass torch.device("cuda", local_rank) under torchrun) and CUDA tensors;
+    cpu → DALI's CPU backend. Unlabeled sets without labels (STL-10) pass -1 for `ulb_y`.
+    `num_threads`: DALI CPU threads per pipeline; `prefetch`: batches DALI computes ahead (also how long
+    a handed-out batch stays valid, see the module docstring). Image folders: `from_files`.
     """
 
     def __init__(self, lb_x, lb_y, ulb_x, ulb_y, *, batch_size: int, uratio: int, views: ViewSpec,
