@@ -212,3 +212,14 @@ def test_single_channel_digits_full_pool():
         b = next(it)
     assert b.x_ulb_s.shape == (8, 1, 16, 16) and b.x_lb.shape == (4, 1, 16, 16)
     assert -2.0 <= b.x_ulb_s.min() and b.x_ulb_s.max() <= 2.0
+
+
+def test_handed_out_batch_stays_valid_across_later_batches():
+    """Zero-copy DLPack tensors must not be overwritten by the pipelines' later (prefetched) batches."""
+    loader, _, _ = _loader(aug=NO_AUG, prefetch=2)
+    it = iter(loader)
+    kept = next(it)
+    copy = [t.clone() for t in kept[:6]]
+    for _ in range(5):
+        next(it)
+    assert all(torch.equal(a, b) for a, b in zip(kept[:6], copy))

@@ -12,9 +12,12 @@ Image folders use the same sampler: the callback returns the encoded file bytes,
 training: its shuffle is a bounded buffer rather than a per-epoch permutation, and it cannot return the
 sample index that per-sample algorithm state needs.
 
-Buffer lifetime: the tensors handed to torch share DALI's output buffers (DLPack, no copy). They are valid
-until the pipeline has run ``prefetch`` further batches, so consume a batch (or copy it) before asking for
-the batch after next. The trainer uses each batch immediately, which is all that is needed.
+Buffer lifetime: the tensors handed to torch share DALI's output buffers (DLPack, no copy; on CUDA,
+`torch.from_dlpack` passes torch's current stream and DALI makes it wait for the batch). With DALI 2.x's
+default (dynamic) executor, which these pipelines use, output buffers are reference-counted: a batch stays
+valid as long as its tensors live (tested: a batch kept across later batches is unchanged). Under DALI's
+legacy executor they would be overwritten after ``prefetch`` further batches; the trainer consumes each
+batch immediately, so it is safe either way.
 
 Mean/std are per channel on the 0–1 scale (torchvision/USB convention), e.g. (0.485, 0.456, 0.406).
 """
