@@ -92,8 +92,9 @@ OP_RANGES: dict[str, tuple[float, float]] = {
 class AugmentConfig:
     """Every knob of the weak and strong views."""
 
-    flip_prob: float = 0.5
-    """probability of a horizontal flip (weak and strong); 0 for digits, SVHN, MNIST"""
+    flip_prob: float | None = None
+    """probability of a horizontal flip (weak and strong); unset = by dataset: 0.5 for natural images
+    (CIFAR, STL-10, image folders), 0 for digits, MNIST and SVHN (a mirrored digit is another digit or none)"""
     crop_pad_frac: float = 0.125
     """reflect padding before the random crop, as a fraction of the side: int(0.125 * 32) = 4 px (USB's
     1 - crop_ratio); 0 disables the crop"""
@@ -114,7 +115,7 @@ class AugmentConfig:
             raise ValueError(f"--aug.ops has unknown ops {unknown}; choose from {list(OP_RANGES)}")
         if not self.ops and self.num_ops > 0:
             raise ValueError("--aug.ops is empty; set --aug.num_ops=0 to disable RandAugment")
-        if not 0.0 <= self.flip_prob <= 1.0:
+        if self.flip_prob is not None and not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"--aug.flip_prob={self.flip_prob} must be in [0, 1]")
         if not 0.0 <= self.crop_pad_frac < 1.0:
             raise ValueError(f"--aug.crop_pad_frac={self.crop_pad_frac} must be in [0, 1)")
