@@ -223,3 +223,17 @@ def test_handed_out_batch_stays_valid_across_later_batches():
     for _ in range(5):
         next(it)
     assert all(torch.equal(a, b) for a, b in zip(kept[:6], copy))
+
+
+def test_no_unlabeled_views_builds_no_unlabeled_pipeline():
+    """The supervised baseline declares ViewSpec(0, 0): only the labeled pipeline runs; the unlabeled fields
+    are empty, fixed-shape tensors."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(40) % 4
+    loader = TrainLoader(x, y, x, y, batch_size=4, uratio=3, views=ViewSpec(0, 0), aug=AugmentConfig(flip_prob=0.0),
+                         mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)
+    assert set(loader.state_dict()) == {"lb"}
+    b = next(iter(loader))
+    assert b.x_lb.shape == (4, 3, 8, 8) and b.x_ulb_w.shape == (0, 3, 8, 8) and b.x_ulb_s.shape == (0, 3, 8, 8)
+    assert b.idx_ulb.shape == (0,) and b.y_ulb.dtype == torch.int64

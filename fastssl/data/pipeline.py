@@ -183,6 +183,8 @@ class TrainLoader:
             ("lb", _LB, n_lb, b_lb, lb_x, lb_y, lb_files, 1, 0),
             ("ulb", _ULB, n_ulb, b_ulb, ulb_x, ulb_y, ulb_files, views.num_weak, views.num_strong),
         ):
+            if nw + ns == 0:
+                continue  # an algorithm that reads no unlabeled view (supervised): no unlabeled pipeline
             sampler = EpochSampler(n, b, seed, stream, rank, world_size)
             self._specs[key] = dict(
                 source=_Source(x, y, sampler, files), hw=hw, channels=ch, aug=aug, mean=mean255,
@@ -209,6 +211,11 @@ class TrainLoader:
 
     def __next__(self) -> SSLBatch:
         lb = [_to_torch(o) for o in self._pipes["lb"].run()]  # x_w (B,H,W,C), y, idx
+        if "ulb" not in self._pipes:  # no unlabeled views: empty, fixed-shape placeholders
+            h, w = self.hw
+            empty = torch.empty((0, self.channels, h, w), dtype=lb[0].dtype, device=lb[0].device)
+            none = torch.empty(0, dtype=torch.int64, device=lb[1].device)
+            return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=empty, x_ulb_s=empty, idx_ulb=none, y_ulb=none)
         ulb = [_to_torch(o) for o in self._pipes["ulb"].run()]
         nw, ns = self.views.num_weak, self.views.num_strong
         weak, strong = [_nchw(t) for t in ulb[:nw]], [_nchw(t) for t in ulb[nw:nw + ns]]
