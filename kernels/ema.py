@@ -11,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
+from ._launch import launch
 from .reference import acc_dtype
 
 BLOCK = 4096
@@ -39,7 +40,7 @@ def ema_update_flat_(ema: Tensor, param: Tensor, decay: Tensor) -> None:
     if param.numel() != n or not (ema.is_contiguous() and param.is_contiguous()):
         raise ValueError("ema_update_flat_: ema and param must be contiguous with the same number of elements")
     acc = tl.float64 if acc_dtype(ema.dtype) == torch.float64 else tl.float32
-    wrap_triton(_ema_kernel)[(triton.cdiv(n, BLOCK),)](ema, param, decay, n, BLOCK=BLOCK, ACC=acc, num_warps=8)
+    launch(_ema_kernel, (triton.cdiv(n, BLOCK),), ema, param, decay, n, BLOCK=BLOCK, ACC=acc, num_warps=8)
 
 
 @triton_op("fastssl::ema_update_", mutates_args={"ema"})

@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
+from ._launch import launch
 from .reference import acc_dtype
 
 MAX_C = 16384
@@ -170,7 +171,8 @@ def pseudo_label_ce_fwd(
     maxprob = torch.empty(N, dtype=acc, device=dev)
     lse_s = torch.empty(N, dtype=acc, device=dev)
     lse_t = torch.empty(N if soft else 0, dtype=acc, device=dev)
-    wrap_triton(_pl_ce_fwd_kernel)[(grid,)](
+    launch(
+        _pl_ce_fwd_kernel, (grid,),
         logits_w, logits_s, threshold, temperature, weight if weight is not None else threshold,
         row, part, mask, pseudo, maxprob, lse_s, lse_t,
         N, C, logits_w.stride(0), logits_s.stride(0),
@@ -196,7 +198,8 @@ def pseudo_label_ce_bwd(
     grad_loss = grad_loss.contiguous()  # 'none': an expanded (stride-0) grad from a later .sum()
     block_n, block_c, warps = _tile(N, C)
     ds = torch.empty((N, C), dtype=logits_s.dtype, device=logits_s.device)
-    wrap_triton(_pl_ce_bwd_kernel)[(triton.cdiv(N, block_n),)](
+    launch(
+        _pl_ce_bwd_kernel, (triton.cdiv(N, block_n),),
         grad_loss, logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t, ds,
         N, C, logits_w.stride(0), logits_s.stride(0), ds.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, ACC=_tl_acc(logits_s.dtype), SOFT=soft, REDUCTION=reduction,
