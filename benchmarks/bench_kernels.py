@@ -31,7 +31,7 @@ def _reference_loss(w, s, thr):
     return pseudo_label_ce_reference(w, s, thr).loss
 
 
-_compiled_reference = torch.compile(_reference_loss, fullgraph=True)
+_compiled_reference = torch.compile(_reference_loss, fullgraph=True, dynamic=False)  # static, as in the step
 
 
 @pytest.mark.parametrize("impl", ["eager_reference", "compiled_reference", pytest.param("triton", marks=needs_cuda)])

@@ -135,13 +135,15 @@ def _pl_ce_bwd_kernel(
 
 
 def _tile(N: int, C: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_C, num_warps): whole rows per tile, up to 8192 elements per program."""
+    """(BLOCK_N, BLOCK_C, num_warps): whole rows per tile, up to 8192 elements per program, so that
+    FixMatch's 448x10 (and anything up to 8192 logits) is a single program and a single launch."""
     if C > MAX_C:
         raise ValueError(f"pseudo_label_ce: C={C} classes > {MAX_C} (one row per tile); "
                          "pass impl='reference' or add a looped kernel")
     block_c = max(16, triton.next_power_of_2(C))
     block_n = max(1, min(triton.next_power_of_2(N), 8192 // block_c))
-    return block_n, block_c, 4 if block_n * block_c <= 2048 else 8
+    # ~16 elements per thread per live tile (about ten live tiles in the forward): no register spills
+    return block_n, block_c, max(4, min(16, block_n * block_c // 512))
 
 
 def _tl_acc(dtype: torch.dtype):
@@ -174,7 +176,7 @@ def pseudo_label_ce_fwd(
     launch(
         _pl_ce_fwd_kernel, (grid,),
         logits_w, logits_s, threshold, temperature, weight if weight is not None else threshold,
-        row, part, mask, pseudo, maxprob, lse_s, lse_t,
+        row, part, mask, pseudo, maxprob, lse_s, lse_t if soft else lse_s,  # no 0-size pointer to Triton
         N, C, logits_w.stride(0), logits_s.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, ACC=_tl_acc(logits_s.dtype),
         SOFT=soft, HAS_WEIGHT=weight is not None, PER_CLASS=threshold.ndim == 1, MEAN=reduction == 1,
@@ -200,7 +202,7 @@ def pseudo_label_ce_bwd(
     ds = torch.empty((N, C), dtype=logits_s.dtype, device=logits_s.device)
     launch(
         _pl_ce_bwd_kernel, (triton.cdiv(N, block_n),),
-        grad_loss, logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t, ds,
+        grad_loss, logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t if soft else lse_s, ds,
         N, C, logits_w.stride(0), logits_s.stride(0), ds.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, ACC=_tl_acc(logits_s.dtype), SOFT=soft, REDUCTION=reduction,
         num_warps=warps,
@@ -259,6 +261,8 @@ def pseudo_label_ce_triton(logits_w, logits_s, threshold, T=1.0, *, soft=False, 
     thr = threshold.to(device=dev, dtype=acc) if isinstance(threshold, Tensor) else torch.full((), float(threshold), dtype=acc, device=dev)
     temp = T.to(device=dev, dtype=acc) if isinstance(T, Tensor) else torch.full((), float(T), dtype=acc, device=dev)
     if weight is not None:
+        if weight.shape != logits_s.shape[:1]:
+            raise ValueError(f"weight has shape {tuple(weight.shape)}; pass one weight per row, shape ({logits_s.shape[0]},)")
         weight = weight.detach().contiguous()
     loss, mask, pseudo, maxprob, _, _ = torch.ops.fastssl.pseudo_label_ce_fwd(
         logits_w.detach(), logits_s, thr, temp, weight, soft, REDUCTIONS[reduction])

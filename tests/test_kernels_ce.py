@@ -229,6 +229,8 @@ def test_errors_name_the_fix():
         pseudo_label_ce(lw, ls, 0.5, reduction="avg", impl="triton")
     with pytest.raises(ValueError, match=r"\(C,\) tensor"):
         pseudo_label_ce(lw, ls, torch.full((9,), 0.5), impl="triton")
+    with pytest.raises(ValueError, match=r"one weight per row"):
+        pseudo_label_ce(lw, ls, 0.5, weight=torch.ones(2, 1), impl="triton")
     with pytest.raises(ValueError, match="impl='reference'"):
         pseudo_label_ce(*_logits(1, MAX_C + 1), 0.5, impl="triton")
     with pytest.raises(ValueError, match="impl"):
@@ -274,14 +276,14 @@ def test_gpu_compiled_step_with_kernels():
         return out.loss, out.mask.mean()
 
     compiled = torch.compile(lambda: step("auto"), fullgraph=True)
-    for _ in range(2):  # second call: no recompile, no sync
-        model.zero_grad()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            loss, ratio = compiled()
-            loss.backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    compiled()[0].backward()  # compiles forward and backward (compilation itself may synchronise)
+    model.zero_grad()
+    torch.cuda.set_sync_debug_mode("error")  # the compiled step itself: no host sync
+    try:
+        loss, ratio = compiled()
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     g = model.weight.grad.clone()
     model.zero_grad()
     ref_loss, ref_ratio = step("reference")
