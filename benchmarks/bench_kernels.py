@@ -31,10 +31,16 @@ def _reference_loss(w, s, thr):
     return pseudo_label_ce_reference(w, s, thr).loss
 
 
+def _triton_loss(w, s, thr):
+    return pseudo_label_ce(w, s, thr).loss
+
+
 _compiled_reference = torch.compile(_reference_loss, fullgraph=True, dynamic=False)  # static, as in the step
+_compiled_triton = torch.compile(_triton_loss, fullgraph=True, dynamic=False)  # as the compiled step runs it
 
 
-@pytest.mark.parametrize("impl", ["eager_reference", "compiled_reference", pytest.param("triton", marks=needs_cuda)])
+@pytest.mark.parametrize("impl", ["eager_reference", "compiled_reference", pytest.param("triton", marks=needs_cuda),
+                                  pytest.param("compiled_triton", marks=needs_cuda)])
 @pytest.mark.parametrize("N,C", LOSS_SHAPES, ids=lambda v: str(v))
 def test_pseudo_label_ce_fwd_bwd(benchmark, N, C, impl):
     g = torch.Generator(device=DEV).manual_seed(0)
@@ -44,7 +50,8 @@ def test_pseudo_label_ce_fwd_bwd(benchmark, N, C, impl):
     loss_fn = {
         "eager_reference": _reference_loss,
         "compiled_reference": _compiled_reference,
-        "triton": lambda w, s, thr: pseudo_label_ce(w, s, thr).loss,
+        "triton": _triton_loss,
+        "compiled_triton": _compiled_triton,
     }[impl]
 
     def step():

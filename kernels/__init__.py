@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._launch import scalar
 from .ema import ema_update_flat_
 from .pseudo_label_ce import pseudo_label_ce_triton
 from .reference import PseudoLabelOutput, acc_dtype, ema_update_reference, pseudo_label_ce_reference
@@ -45,7 +46,7 @@ def ema_update_(ema, params, decay, *, impl="auto") -> None:
         ema_update_reference(ema, params, decay)
         return
     if not isinstance(decay, Tensor):
-        decay = torch.full((), float(decay), dtype=acc_dtype(ema[0].dtype), device=ema[0].device)
+        decay = scalar(decay, acc_dtype(ema[0].dtype), ema[0].device)
     for e, p in zip(ema, params, strict=True):
         if e.is_contiguous() and p.is_contiguous() and e.shape == p.shape:
             torch.ops.fastssl.ema_update_(e, p.detach(), decay)

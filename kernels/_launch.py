@@ -25,3 +25,19 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
                                "(AOT backends need real Triton on a GPU)")
         return
     k[grid](*args, **kwargs)
+
+
+_SCALARS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+
+
+def scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-d device tensor holding a Python float. Eager: cached, so a float threshold costs no fill kernel
+    per step (at 448x10 a launch is a sizeable share of the loss). Compiled: a constant of the graph."""
+    if torch.compiler.is_compiling():
+        return torch.full((), float(value), dtype=dtype, device=device)
+    key = (float(value), dtype, torch.device(device))
+    if key not in _SCALARS:
+        if len(_SCALARS) >= 64:  # floats that change every step belong in tensors; stay bounded anyway
+            _SCALARS.clear()
+        _SCALARS[key] = torch.full((), float(value), dtype=dtype, device=device)
+    return _SCALARS[key]

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ._launch import launch
+from ._launch import launch, scalar as _scalar
 from .reference import acc_dtype
 
 MAX_C = 16384
@@ -258,8 +258,8 @@ def pseudo_label_ce_triton(logits_w, logits_s, threshold, T=1.0, *, soft=False, 
     if isinstance(threshold, Tensor) and threshold.ndim == 1 and threshold.shape[0] != logits_s.shape[1]:
         raise ValueError(f"per-class threshold has {threshold.shape[0]} entries for C={logits_s.shape[1]} classes; "
                          "pass a scalar or a (C,) tensor")
-    thr = threshold.to(device=dev, dtype=acc) if isinstance(threshold, Tensor) else torch.full((), float(threshold), dtype=acc, device=dev)
-    temp = T.to(device=dev, dtype=acc) if isinstance(T, Tensor) else torch.full((), float(T), dtype=acc, device=dev)
+    thr = threshold.to(device=dev, dtype=acc) if isinstance(threshold, Tensor) else _scalar(threshold, acc, dev)
+    temp = T.to(device=dev, dtype=acc) if isinstance(T, Tensor) else _scalar(T, acc, dev)
     if weight is not None:
         if weight.shape != logits_s.shape[:1]:
             raise ValueError(f"weight has shape {tuple(weight.shape)}; pass one weight per row, shape ({logits_s.shape[0]},)")
