@@ -20,7 +20,7 @@ MODES = ["hard", "soft", "weight"]
 # Tolerances of the Triton kernels (fp32 accumulation) against the fp64 reference on the SAME low-precision
 # inputs upcast to fp64: (loss/maxprob rtol, atol; grad atol relative to max |grad|). One table, all tests.
 GPU_TOLERANCES = {
-    torch.float32: dict(rtol=1e-5, atol=1e-6, grad_atol=1e-6),
+    torch.float32: dict(rtol=1e-5, atol=1e-6, grad_atol=1e-5),   # exp on GPU: ~1e-6 relative (ex2.approx)
     torch.bfloat16: dict(rtol=1e-4, atol=1e-5, grad_atol=8e-3),  # grad is stored in bf16: 2^-8 relative
     torch.float16: dict(rtol=1e-4, atol=1e-5, grad_atol=1e-3),   # grad stored in fp16: 2^-11 relative
 }
