@@ -79,6 +79,14 @@ def pseudo_label_ce_reference(
 
 
 def ema_update_reference(ema: list[Tensor], params: list[Tensor], decay: Tensor | float) -> None:
-    """ema <- decay * ema + (1 - decay) * param, in place, for each pair (accumulated in ema's dtype)."""
+    """ema <- decay * ema + (1 - decay) * param, in place, for each pair (accumulated in ema's dtype).
+
+    Fully in place (addcmul with the 0-d weight): a `param * (1 - decay)` temporary the size of a flat
+    23.4M-parameter buffer made this 3x slower than the per-tensor loop on CPU (fresh pages every call)."""
+    w = 1 - decay
     for e, p in zip(ema, params):
-        e.mul_(decay).add_(p.detach() * (1 - decay))
+        e.mul_(decay)
+        if isinstance(w, Tensor):
+            e.addcmul_(p.detach(), w)
+        else:
+            e.add_(p.detach(), alpha=w)
