@@ -1,11 +1,14 @@
 """EMATeacher: one flat buffer per dtype, vs the per-parameter reference loop, aliasing after optimizer
 steps, BN buffers copied or averaged, state_dict round trip."""
 import copy
+import functools
 
 import pytest
 import torch
 from torch import nn
 
+import fastssl.train.ema as ema_mod
+from fastssl.kernels import ema_update_
 from fastssl.train.ema import EMATeacher
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -154,3 +157,33 @@ def test_gpu_teacher_uses_one_triton_launch():
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert sum("_ema_kernel" in n for n in names) == 1, names
+
+
+def test_update_is_one_call_per_dtype(monkeypatch):
+    calls = []
+    real = ema_mod.ema_update_
+    monkeypatch.setattr(ema_mod, "ema_update_", lambda e, p, d: calls.append((len(e), len(p))) or real(e, p, d))
+    EMATeacher(_model(), buffers="copy").update(torch.tensor(0.5, dtype=torch.float64))
+    assert calls == [(1, 1)]  # all parameters: one flat pair
+    calls.clear()
+    EMATeacher(_model(), buffers="ema").update(torch.tensor(0.5, dtype=torch.float64))
+    assert calls == [(1, 1), (1, 1)]  # parameters, then the BN statistics
+
+
+@pytest.mark.parametrize("buffers", ["copy", "ema"])
+def test_triton_kernel_path_matches_reference_loop(monkeypatch, buffers):
+    """The teacher driving the Triton kernel itself (interpreter), padding between tensors included."""
+    monkeypatch.setattr(ema_mod, "ema_update_", functools.partial(ema_update_, impl="triton"))
+    student = _model()
+    ref_t = copy.deepcopy(student)
+    teacher = EMATeacher(student, buffers=buffers)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    decay = torch.tensor(0.8, dtype=torch.float64)
+    for step in range(2):
+        _train_step(student, opt, step)
+        teacher.update(decay)
+        with torch.no_grad():
+            _reference_update(ref_t, student, decay, buffers)
+    for a, b in zip(teacher.state_dict().values(), ref_t.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.all(teacher._param_flats[0][0][-1] == 0)  # padding stays 0

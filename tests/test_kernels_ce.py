@@ -18,8 +18,8 @@ SHAPES = [(1, 10), (7, 10), (33, 100), (448, 1000)]
 MODES = ["hard", "soft", "weight"]
 
 # Tolerances of the Triton kernels (fp32 accumulation) against the fp64 reference on the SAME low-precision
-# inputs upcast to fp64: (loss/maxprob rtol, atol; grad atol relative to max |grad|). One table, all tests.
-GPU_TOLERANCES = {
+# inputs upcast to fp64 (used on GPU, and by the interpreter on CPU): (loss/maxprob rtol, atol; grad atol relative to max |grad|). One table, all tests.
+TOLERANCES = {
     torch.float32: dict(rtol=1e-5, atol=1e-6, grad_atol=1e-5),   # exp on GPU: ~1e-6 relative (ex2.approx)
     torch.bfloat16: dict(rtol=1e-4, atol=1e-5, grad_atol=8e-3),  # grad is stored in bf16: 2^-8 relative
     torch.float16: dict(rtol=1e-4, atol=1e-5, grad_atol=1e-3),   # grad stored in fp16: 2^-11 relative
@@ -235,20 +235,14 @@ def test_errors_name_the_fix():
         pseudo_label_ce(lw, ls, 0.5, impl="cuda")
 
 
-# ----------------------------------------------------------------------------------------- GPU only
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", list(GPU_TOLERANCES))
-@pytest.mark.parametrize("N,C", [(448, 10), (448, 100), (7168, 1000)])
-@pytest.mark.parametrize("mode", MODES)
-def test_gpu_low_precision_vs_fp64(dtype, N, C, mode):
-    """Real Triton on CUDA: fp32/bf16/fp16 logits against the fp64 reference of the same (upcast) values."""
-    tol = GPU_TOLERANCES[dtype]
+def _check_low_precision(dtype, N, C, mode, device):
+    tol = TOLERANCES[dtype]
     lw64, ls64 = _logits(N, C, seed=29)
-    lw, ls = lw64.to(dtype).cuda(), ls64.to(dtype).cuda()
+    lw, ls = lw64.to(dtype).to(device), ls64.to(dtype).to(device)
     thr, T, soft, weight = _args(mode, N, C, lw64)
-    weight = weight.float().cuda() if weight is not None else None
+    weight = weight.float().to(device) if weight is not None else None
     s = ls.clone().requires_grad_(True)
-    out = pseudo_label_ce(lw, s, thr, T, soft=soft, weight=weight)
+    out = pseudo_label_ce(lw, s, thr, T, soft=soft, weight=weight, impl="triton")
     out.loss.backward()
     ref = _reference(lw.double().cpu(), ls.double().cpu(), thr, T, soft, weight.double().cpu() if weight is not None else None)
     assert out.loss.dtype == torch.float32 and s.grad.dtype == dtype
@@ -259,6 +253,23 @@ def test_gpu_low_precision_vs_fp64(dtype, N, C, mode):
     torch.testing.assert_close(out.loss.double().cpu(), ref[0], rtol=tol["rtol"], atol=tol["atol"])
     scale = ref[4].abs().max()
     torch.testing.assert_close(s.grad.double().cpu(), ref[4], rtol=0, atol=tol["grad_atol"] * scale)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+@pytest.mark.parametrize("mode", MODES)
+def test_low_precision_vs_fp64_interpreter(dtype, mode):
+    """The dtype casts (fp32 accumulation, gradient stored in the logits' dtype) under the interpreter."""
+    _check_low_precision(dtype, 33, 100, mode, "cpu")
+
+
+# ----------------------------------------------------------------------------------------- GPU only
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(TOLERANCES))
+@pytest.mark.parametrize("N,C", [(448, 10), (448, 100), (7168, 1000)])
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_low_precision_vs_fp64(dtype, N, C, mode):
+    """Real Triton on CUDA: fp32/bf16/fp16 logits against the fp64 reference of the same (upcast) values."""
+    _check_low_precision(dtype, N, C, mode, "cuda")
 
 
 @pytest.mark.gpu
