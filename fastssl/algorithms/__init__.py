@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.fixmatch import FixMatch
+from fastssl.algorithms.flexmatch import FlexMatch
 from fastssl.algorithms.supervised import Supervised
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
+    FlexMatch,
     Supervised,
 )}
 
