@@ -1,0 +1,205 @@
+"""Contracts every registered algorithm must meet, parametrized over the whole registry `ALGORITHMS`.
+
+(1) the unlabeled term carries gradient (λ_u=1 vs λ_u=0 gradients differ; `supervised`: identical);
+(2) forward (with its backward traced by AOT autograd) and `update_state` compile with no graph break;
+(3) `state_dict()` restores every buffer exactly after a few updates;
+(4) the state is identical on 2 gloo ranks fed different batches (one spawn for all algorithms);
+(5) a short CPU run on separable synthetic data lowers the loss.
+
+The batch is built from the views each algorithm declares (`views`), so any algorithm fits; teachers are
+given when `uses_teacher`. The model's logits are scaled up so that confidence thresholds are reached
+from the first step (otherwise a masked unlabeled term would be zero and (1) would prove nothing).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from fastssl.algorithms import ALGORITHMS
+from fastssl.data.batch import SSLBatch
+
+NAMES = sorted(ALGORITHMS)
+C, B, MU, HW, NUM_ULB, TOTAL = 4, 4, 2, 6, 64, 100
+STEP = 60  # past every warm-up/ramp expressed as a fraction of TOTAL (Pseudo-Label 0.4, Dash, TSA)
+
+
+class TinyNet(nn.Module):
+    """conv → BatchNorm → ReLU → pool → linear, logits scaled so that predictions are confident."""
+
+    def __init__(self, scale: float = 8.0):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, C)
+        self.scale = scale
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        return self.fc(h) * self.scale
+
+
+def make_algo(name: str, **overrides):
+    cls = ALGORITHMS[name]
+    return cls(cls.Config(**overrides), num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL)
+
+
+PATTERNS = torch.randn(C, 3, HW, HW, generator=torch.Generator().manual_seed(123))
+
+
+def class_images(y: torch.Tensor, g: torch.Generator, noise: float) -> torch.Tensor:
+    """Separable synthetic images: a fixed random pattern per class, plus Gaussian noise."""
+    return PATTERNS[y] + noise * torch.randn(len(y), 3, HW, HW, generator=g)
+
+
+def make_batch(algo_cls, seed: int = 0, noise: float = 1.0) -> SSLBatch:
+    """A batch with exactly the views `algo_cls.views` declares (absent ones: 0 rows)."""
+    g = torch.Generator().manual_seed(seed)
+    spec = algo_cls.views
+    y_lb = torch.arange(B) % C
+    y_ulb = torch.randint(0, C, (B * MU,), generator=g)
+    idx = torch.randperm(NUM_ULB, generator=g)[: B * MU]
+    view = lambda y, k: class_images(y, g, noise * (1.5 if k else 1.0))  # noqa: E731 (strong: noisier)
+    empty = torch.empty(0, 3, HW, HW)
+    w = [view(y_ulb, 0) for _ in range(spec.num_weak)]
+    s = [view(y_ulb, 1) for _ in range(spec.num_strong)]
+    kw = {}
+    if getattr(spec, "lb_strong", False):
+        kw["x_lb_s"] = view(y_lb, 1)
+    return SSLBatch(view(y_lb, 0), y_lb, w[0] if w else empty, s[0] if s else empty, idx, y_ulb,
+                    x_ulb_w_extra=tuple(w[1:]), x_ulb_s_extra=tuple(s[1:]), **kw)
+
+
+def attach_teacher(algo, model):
+    if algo.uses_teacher:
+        algo.set_teacher(copy.deepcopy(model))
+
+
+def grads(name: str, lambda_u: float) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = TinyNet()
+    algo = make_algo(name, lambda_u=lambda_u)
+    attach_teacher(algo, model)
+    out = algo(model, make_batch(type(algo), seed=1), torch.tensor(STEP))
+    out.loss.backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unlabeled_term_has_gradient(name):
+    g1, g0 = grads(name, 1.0), grads(name, 0.0)
+    same = all(torch.equal(a, b) for a, b in zip(g1, g0))
+    if name == "supervised":
+        assert same, "supervised must not depend on lambda_u"
+    else:
+        assert not same, f"{name}: the unlabeled loss has no gradient (λ_u=1 gives the same grads as λ_u=0)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiles_without_graph_break(name):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyNet()
+    algo = make_algo(name)
+    attach_teacher(algo, model)
+    batch = make_batch(type(algo))
+    step = torch.tensor(STEP)
+    # aot_eager traces the joint forward+backward graph: a data-dependent op in either would fail here.
+    fwd = torch.compile(lambda b, s: algo(model, b, s), backend="aot_eager", fullgraph=True)
+    out = fwd(batch, step)
+    out.loss.backward()
+    upd = torch.compile(algo.update_state, backend="eager", fullgraph=True)
+    upd(batch, out)
+    assert torch.isfinite(out.loss)
+
+
+def buffers(algo) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in algo.state_dict().items()}
+
+
+def run_updates(algo, model, n: int, seed: int) -> None:
+    for i in range(n):
+        b = make_batch(type(algo), seed=seed + i)
+        out = algo(model, b, torch.tensor(STEP - n + i))
+        algo.update_state(b, out)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name):
+    torch.manual_seed(0)
+    model = TinyNet()
+    algo = make_algo(name)
+    attach_teacher(algo, model)
+    run_updates(algo, model, 3, seed=10)
+    saved = buffers(algo)
+    fresh = make_algo(name)
+    fresh.load_state_dict(saved)
+    restored = buffers(fresh)
+    assert restored.keys() == saved.keys()
+    for k in saved:
+        assert torch.equal(restored[k], saved[k]), f"{name}: buffer {k} not restored"
+
+
+def _rank_worker(rank: int, store: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        states = {}
+        for name in NAMES:
+            torch.manual_seed(0)  # same model on both ranks; different batches (seed depends on the rank)
+            model = TinyNet()
+            algo = make_algo(name)
+            attach_teacher(algo, model)
+            run_updates(algo, model, 10, seed=1000 * (rank + 1))
+            states[name] = buffers(algo)
+        torch.save(states, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_states():
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_rank_worker, args=(os.path.join(d, "store"), d), nprocs=2, join=True)
+        return [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(2)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_identical_across_ranks(name, two_rank_states):
+    s0, s1 = (s[name] for s in two_rank_states)
+    assert s0.keys() == s1.keys()
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), f"{name}: buffer {k} differs between ranks"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_run_lowers_loss(name):
+    torch.manual_seed(0)
+    model = TinyNet(scale=1.0)
+    algo = make_algo(name)
+    attach_teacher(algo, model)
+    params = list(model.parameters()) + list(algo.parameters())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    eval_batch = make_batch(type(algo), seed=999, noise=0.5)
+    steps = 40
+
+    def eval_loss():
+        with torch.no_grad():
+            return float(algo(model, eval_batch, torch.tensor(TOTAL - 1)).loss)
+
+    before = eval_loss()
+    for i in range(steps):
+        b = make_batch(type(algo), seed=i, noise=0.5)
+        out = algo(model, b, torch.tensor(i * TOTAL // steps))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        algo.update_state(b, out)
+    after = eval_loss()
+    assert after < before, f"{name}: loss {before:.4f} → {after:.4f}"
