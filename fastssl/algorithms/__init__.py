@@ -4,11 +4,13 @@ from __future__ import annotations
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.flexmatch import FlexMatch
+from fastssl.algorithms.freematch import FreeMatch
 from fastssl.algorithms.supervised import Supervised
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
     FlexMatch,
+    FreeMatch,
     Supervised,
 )}
 
