@@ -5,12 +5,14 @@ from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forw
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.flexmatch import FlexMatch
 from fastssl.algorithms.freematch import FreeMatch
+from fastssl.algorithms.softmatch import SoftMatch
 from fastssl.algorithms.supervised import Supervised
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
     FlexMatch,
     FreeMatch,
+    SoftMatch,
     Supervised,
 )}
 
