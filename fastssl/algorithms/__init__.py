@@ -7,6 +7,7 @@ from fastssl.algorithms.flexmatch import FlexMatch
 from fastssl.algorithms.freematch import FreeMatch
 from fastssl.algorithms.softmatch import SoftMatch
 from fastssl.algorithms.supervised import Supervised
+from fastssl.algorithms.uda import UDA
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
@@ -14,6 +15,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FreeMatch,
     SoftMatch,
     Supervised,
+    UDA,
 )}
 
 
