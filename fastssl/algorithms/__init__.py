@@ -1,6 +1,7 @@
 """Algorithm registry. Adding an algorithm: one file, one import line here, one test file."""
 from __future__ import annotations
 
+from fastssl.algorithms.adamatch import AdaMatch
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.flexmatch import FlexMatch
@@ -10,6 +11,7 @@ from fastssl.algorithms.supervised import Supervised
 from fastssl.algorithms.uda import UDA
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
+    AdaMatch,
     FixMatch,
     FlexMatch,
     FreeMatch,

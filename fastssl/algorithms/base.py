@@ -152,6 +152,13 @@ def acc(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor) -> Tensor:
+    """Distribution alignment (ReMixMatch, AdaMatch, SoftMatch): probs · (p_target + ε) / (p_model + ε),
+    renormalised per row; ε = 1e-6 as the reference code."""
+    aligned = probs * (p_target + 1e-6) / (p_model + 1e-6)
+    return aligned / aligned.sum(-1, keepdim=True)
+
+
 def forward_cat(model: nn.Module, *xs: Tensor) -> tuple[Tensor, ...]:
     """One forward over the concatenation of `xs`, split back into one output per input.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
+from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, dist_align, forward_cat
 from fastssl.algorithms.fixmatch import pseudo_label_metrics
 from fastssl.data.batch import SSLBatch
 from fastssl.kernels import pseudo_label_ce
@@ -73,8 +73,7 @@ class SoftMatch(Algorithm):
         p_target = self.p_target if cfg.dist_uniform else m * self.p_target + (1 - m) * probs_lb.mean(0)
         aligned = probs_ulb
         if cfg.dist_align:
-            aligned = probs_ulb * (p_target + 1e-6) / (p_model + 1e-6)
-            aligned = aligned / aligned.sum(-1, keepdim=True)
+            aligned = dist_align(probs_ulb, p_target, p_model)
         maxprob = aligned.max(-1).values
         mu = m * self.prob_max_mu_t + (1 - m) * maxprob.mean()
         var = m * self.prob_max_var_t + (1 - m) * maxprob.var(unbiased=True)
