@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastssl.algorithms.adamatch import AdaMatch
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
+from fastssl.algorithms.dash import Dash
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.flexmatch import FlexMatch
 from fastssl.algorithms.freematch import FreeMatch
@@ -12,6 +13,7 @@ from fastssl.algorithms.uda import UDA
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     AdaMatch,
+    Dash,
     FixMatch,
     FlexMatch,
     FreeMatch,
