@@ -4,9 +4,11 @@ from __future__ import annotations
 from fastssl.algorithms.adamatch import AdaMatch
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.dash import Dash
+from fastssl.algorithms.entmin import EntMin
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.flexmatch import FlexMatch
 from fastssl.algorithms.freematch import FreeMatch
+from fastssl.algorithms.pseudolabel import PseudoLabel
 from fastssl.algorithms.softmatch import SoftMatch
 from fastssl.algorithms.supervised import Supervised
 from fastssl.algorithms.uda import UDA
@@ -14,9 +16,11 @@ from fastssl.algorithms.uda import UDA
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     AdaMatch,
     Dash,
+    EntMin,
     FixMatch,
     FlexMatch,
     FreeMatch,
+    PseudoLabel,
     SoftMatch,
     Supervised,
     UDA,
