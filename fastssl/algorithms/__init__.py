@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastssl.algorithms.adamatch import AdaMatch
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.dash import Dash
+from fastssl.algorithms.defixmatch import DeFixMatch
 from fastssl.algorithms.entmin import EntMin
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.flexmatch import FlexMatch
@@ -16,6 +17,7 @@ from fastssl.algorithms.uda import UDA
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     AdaMatch,
     Dash,
+    DeFixMatch,
     EntMin,
     FixMatch,
     FlexMatch,
