@@ -47,7 +47,7 @@ MAPPINGS = ("convex", "linear", "concave")
 class FlexMatchConfig(AlgorithmConfig):
     tau: float = 0.95
     """upper threshold τ: class thresholds are τ·M(β(c)); also the fixed cut for updating the class counts"""
-    T: float = 1.0
+    T: float = 0.5
     """temperature of the soft pseudo-label softmax(weak/T) (used only with hard_label=false)"""
     hard_label: bool = True
     """one-hot pseudo-labels (argmax) rather than soft targets"""
