@@ -26,8 +26,8 @@ from fastssl.algorithms import ALGORITHMS
 from fastssl.data.batch import SSLBatch
 
 NAMES = sorted(ALGORITHMS)
-C, B, MU, HW, NUM_ULB, TOTAL = 4, 4, 2, 6, 64, 100
-STEP = 60  # past every warm-up/ramp expressed as a fraction of TOTAL (Pseudo-Label 0.4, Dash, TSA)
+C, B, MU, HW, NUM_ULB, TOTAL = 4, 4, 2, 6, 64, 4096
+STEP = int(0.6 * TOTAL)  # past every warm-up/ramp expressed as a fraction of TOTAL (Pseudo-Label 0.4, Dash, TSA)
 
 
 class TinyNet(nn.Module):
@@ -123,10 +123,10 @@ def buffers(algo) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in algo.state_dict().items()}
 
 
-def run_updates(algo, model, n: int, seed: int) -> None:
+def run_updates(algo, model, n: int, seed: int, start: int = STEP) -> None:
     for i in range(n):
         b = make_batch(type(algo), seed=seed + i)
-        out = algo(model, b, torch.tensor(STEP - n + i))
+        out = algo(model, b, torch.tensor(start + i))
         algo.update_state(b, out)
 
 
@@ -146,18 +146,46 @@ def test_state_dict_round_trip(name):
         assert torch.equal(restored[k], saved[k]), f"{name}: buffer {k} not restored"
 
 
+def _unsynced(name):
+    """Context: the algorithm's module sees identity collectives (each rank updates from its own batch)."""
+    import contextlib
+    import sys
+
+    mod = sys.modules[ALGORITHMS[name].__module__]
+
+    @contextlib.contextmanager
+    def patch():
+        saved = {k: getattr(mod, k) for k in ("all_gather_cat", "all_reduce_sum") if hasattr(mod, k)}
+        for k in saved:
+            setattr(mod, k, lambda t: t)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(mod, k, v)
+    return patch()
+
+
 def _rank_worker(rank: int, store: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
         states = {}
         for name in NAMES:
-            torch.manual_seed(0)  # same model on both ranks; different batches (seed depends on the rank)
-            model = TinyNet()
-            algo = make_algo(name)
-            attach_teacher(algo, model)
-            run_updates(algo, model, 10, seed=1000 * (rank + 1))
-            states[name] = buffers(algo)
+            for synced in (True, False):
+                torch.manual_seed(0)  # same model on both ranks; different batches (seed depends on the rank)
+                model = TinyNet(scale=8.0)  # varied predictions: states that depend on the batch's content
+                algo = make_algo(name)
+                attach_teacher(algo, model)
+                init = buffers(algo)
+                # from step 0: warm-up phases (Dash's ρ̂ over its first 8 steps of 4096) are covered too
+                if synced:
+                    run_updates(algo, model, 10, seed=1000 * (rank + 1), start=0)
+                else:
+                    with _unsynced(name):
+                        run_updates(algo, model, 10, seed=1000 * (rank + 1), start=0)
+                states[name, synced] = buffers(algo)
+                states[name, "init"] = init
         torch.save(states, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -170,12 +198,22 @@ def two_rank_states():
         return [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(2)]
 
 
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_state_identical_across_ranks(name, two_rank_states):
-    s0, s1 = (s[name] for s in two_rank_states)
+    r0, r1 = two_rank_states
+    s0, s1 = r0[name, True], r1[name, True]
     assert s0.keys() == s1.keys()
     for k in s0:
         assert torch.equal(s0[k], s1[k]), f"{name}: buffer {k} differs between ranks"
+    # Power check: with each rank updating from its own batch only, any state that moves must differ
+    # between ranks, so the equality above is not vacuous.
+    u0, u1 = r0[name, False], r1[name, False]
+    if not _same(u0, r0[name, "init"]):
+        assert not _same(u0, u1), f"{name}: rank-local updates agree anyway; the batches are not rank-dependent"
 
 
 @pytest.mark.parametrize("name", NAMES)
