@@ -241,3 +241,28 @@ def test_short_run_lowers_loss(name):
         algo.update_state(b, out)
     after = eval_loss()
     assert after < before, f"{name}: loss {before:.4f} → {after:.4f}"
+
+
+# Non-default options change the traced graph: each must compile without a graph break as well.
+VARIANTS = [
+    ("fixmatch", {"entmin_weight": 0.1, "cbl_weight": 0.1, "mcc_weight": 0.1}),
+    ("flexmatch", {"mapping": "concave", "thresh_warmup": False, "hard_label": False}),
+    ("freematch", {"use_quantile": True, "clip_thresh": True}),
+    ("softmatch", {"dist_uniform": False, "hard_label": False}),
+    ("uda", {"tsa_schedule": "exp"}),
+    ("adamatch", {"hard_label": False}),
+    ("defixmatch", {"hard_label": False}),
+]
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_option_variants_compile(name, options):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyNet()
+    algo = make_algo(name, **options)
+    batch = make_batch(type(algo))
+    out = torch.compile(lambda b, s: algo(model, b, s), backend="aot_eager", fullgraph=True)(batch, torch.tensor(STEP))
+    out.loss.backward()
+    torch.compile(algo.update_state, backend="eager", fullgraph=True)(batch, out)
+    assert torch.isfinite(out.loss)
