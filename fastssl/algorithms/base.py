@@ -39,7 +39,7 @@ class AlgorithmConfig:
     lambda_u: float = 1.0
     """weight of the unlabeled loss"""
     entmin_weight: float = 0.0
-    """add-on: weight of entropy minimisation on the unlabeled weak-view predictions (Grandvalet & Bengio 2005); 0 = off"""
+    """add-on: weight of entropy minimisation on the unlabeled weak-view predictions (Grandvalet & Bengio 2004); 0 = off"""
     cbl_weight: float = 0.0
     """add-on: weight of the class-balance loss, BCE between the batch-mean prediction and uniform (French et al. 2018); 0 = off"""
     mcc_weight: float = 0.0
