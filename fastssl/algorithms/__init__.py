@@ -1,13 +1,31 @@
 """Algorithm registry. Adding an algorithm: one file, one import line here, one test file."""
 from __future__ import annotations
 
+from fastssl.algorithms.adamatch import AdaMatch
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
+from fastssl.algorithms.dash import Dash
+from fastssl.algorithms.defixmatch import DeFixMatch
+from fastssl.algorithms.entmin import EntMin
 from fastssl.algorithms.fixmatch import FixMatch
+from fastssl.algorithms.flexmatch import FlexMatch
+from fastssl.algorithms.freematch import FreeMatch
+from fastssl.algorithms.pseudolabel import PseudoLabel
+from fastssl.algorithms.softmatch import SoftMatch
 from fastssl.algorithms.supervised import Supervised
+from fastssl.algorithms.uda import UDA
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
+    AdaMatch,
+    Dash,
+    DeFixMatch,
+    EntMin,
     FixMatch,
+    FlexMatch,
+    FreeMatch,
+    PseudoLabel,
+    SoftMatch,
     Supervised,
+    UDA,
 )}
 
 
