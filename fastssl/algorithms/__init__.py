@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.fixmatch import FixMatch
+from fastssl.algorithms.meanteacher import MeanTeacher
+from fastssl.algorithms.pimodel import PiModel
 from fastssl.algorithms.supervised import Supervised
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
+    MeanTeacher,
+    PiModel,
     Supervised,
 )}
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _up(logits: Tensor) -> Tensor:
+def upcast(logits: Tensor) -> Tensor:
     """bf16/fp16 logits → fp32 for the softmax; fp32 and fp64 pass through (the tests compare in fp64)."""
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
@@ -25,23 +25,23 @@ def mse(logits: Tensor, target: Tensor) -> Tensor:
     """Squared error between softmax(logits) and `target`, averaged over the C classes: (N,).
 
     The 1/C average is MixMatch's L_U = 1/(C|U'|) Σ ||q − p||² and Mean Teacher's softmax MSE."""
-    return (_up(logits).softmax(-1) - target).square().mean(-1)
+    return (upcast(logits).softmax(-1) - target).square().mean(-1)
 
 
 def l1(logits: Tensor, target: Tensor) -> Tensor:
     """Absolute error between softmax(logits) and `target`, averaged over the classes: (N,)."""
-    return (_up(logits).softmax(-1) - target).abs().mean(-1)
+    return (upcast(logits).softmax(-1) - target).abs().mean(-1)
 
 
 def kl(logits: Tensor, target: Tensor) -> Tensor:
     """KL(target ‖ softmax(logits)) = Σ_c t_c (log t_c − log p_c): (N,), ≥ 0."""
-    log_p = _up(logits).log_softmax(-1)
+    log_p = upcast(logits).log_softmax(-1)
     return (torch.xlogy(target, target) - target * log_p).sum(-1)
 
 
 def js(logits: Tensor, target: Tensor) -> Tensor:
     """Jensen–Shannon divergence ½ KL(t ‖ m) + ½ KL(p ‖ m), m = (t + p)/2, p = softmax(logits): (N,), in [0, log 2]."""
-    log_p = _up(logits).log_softmax(-1)
+    log_p = upcast(logits).log_softmax(-1)
     p = log_p.exp()
     m = 0.5 * (target + p)
     kl_t = (torch.xlogy(target, target) - torch.xlogy(target, m)).sum(-1)
@@ -55,12 +55,12 @@ DISTANCES = {"mse": mse, "l1": l1, "kl": kl, "js": js}
 
 def soft_ce(logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy with a soft target, −Σ_c t_c log softmax(logits)_c: (N,)."""
-    return -(target * _up(logits).log_softmax(-1)).sum(-1)
+    return -(target * upcast(logits).log_softmax(-1)).sum(-1)
 
 
 def entropy(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits), −Σ p log p: (N,)."""
-    log_p = _up(logits).log_softmax(-1)
+    log_p = upcast(logits).log_softmax(-1)
     return -(log_p.exp() * log_p).sum(-1)
 
 
@@ -115,5 +115,5 @@ def rotate90(x: Tensor, k: Tensor) -> Tensor:
     return out
 
 
-__all__ = ["DISTANCES", "entropy", "js", "kl", "l1", "mixup", "mixup_lambda", "mse", "ramp_up", "rotate90",
+__all__ = ["DISTANCES", "entropy", "upcast", "js", "kl", "l1", "mixup", "mixup_lambda", "mse", "ramp_up", "rotate90",
            "sharpen", "soft_ce"]
