@@ -4,13 +4,17 @@ from __future__ import annotations
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.fixmatch import FixMatch
 from fastssl.algorithms.meanteacher import MeanTeacher
+from fastssl.algorithms.mixmatch import MixMatch
 from fastssl.algorithms.pimodel import PiModel
+from fastssl.algorithms.remixmatch import ReMixMatch
 from fastssl.algorithms.supervised import Supervised
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
     MeanTeacher,
+    MixMatch,
     PiModel,
+    ReMixMatch,
     Supervised,
 )}
 
