@@ -89,8 +89,8 @@ class ReMixMatch(Algorithm):
 
     def align(self, probs: Tensor) -> Tensor:
         """Distribution alignment: probs · p(y) / p̃(y), renormalised per row."""
-        p_model = self.p_model_hist.mean(0)
-        aligned = probs * (self.p_target + 1e-6) / (p_model + 1e-6)
+        p_model = self.p_model_hist.mean(0).clamp_min(1e-12)  # a mean of softmaxes: > 0 unless it underflows
+        aligned = probs * self.p_target / p_model
         return aligned / aligned.sum(-1, keepdim=True)
 
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
