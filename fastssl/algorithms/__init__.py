@@ -8,6 +8,7 @@ from fastssl.algorithms.mixmatch import MixMatch
 from fastssl.algorithms.pimodel import PiModel
 from fastssl.algorithms.remixmatch import ReMixMatch
 from fastssl.algorithms.supervised import Supervised
+from fastssl.algorithms.vat import VAT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
@@ -16,6 +17,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     PiModel,
     ReMixMatch,
     Supervised,
+    VAT,
 )}
 
 
