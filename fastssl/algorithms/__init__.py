@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.fixmatch import FixMatch
+from fastssl.algorithms.ict import ICT
 from fastssl.algorithms.meanteacher import MeanTeacher
 from fastssl.algorithms.mixmatch import MixMatch
 from fastssl.algorithms.pimodel import PiModel
@@ -12,6 +13,7 @@ from fastssl.algorithms.vat import VAT
 
 ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
     FixMatch,
+    ICT,
     MeanTeacher,
     MixMatch,
     PiModel,
