@@ -57,7 +57,7 @@ def test_perturbation_norm_is_eps_and_direction_is_top_hessian_eigenvector():
     torch.testing.assert_close(r.flatten(1).norm(dim=1), torch.full((3,), 2.5, dtype=torch.float64))
     for i in range(3):
         f = lambda v: kl(model((x[i] + v.view_as(x[i]))[None]), target[i:i + 1]).sum()  # noqa: E731
-        H = torch.autograd.functional.hessian(f, torch.zeros(x[i].numel(), dtype=torch.float64))
+        H = torch.autograd.functional.hessian(f, torch.zeros(x[i].numel(), dtype=torch.float64), vectorize=True)
         top = torch.linalg.eigh(H).eigenvectors[:, -1]
         cos = (r[i].flatten() / 2.5) @ top
         assert abs(float(cos)) > 0.999
@@ -102,7 +102,7 @@ def test_default_xi_gives_the_hessian_direction_in_fp32():
         cos[xi] = []
         for i in range(3):
             f = lambda v: kl(model64((x[i] + v.view_as(x[i]))[None]), target[i:i + 1]).sum()  # noqa: E731
-            H = torch.autograd.functional.hessian(f, torch.zeros(x[i].numel(), dtype=torch.float64))
+            H = torch.autograd.functional.hessian(f, torch.zeros(x[i].numel(), dtype=torch.float64), vectorize=True)
             hd = H @ (d0[i].flatten() / d0[i].norm())
             cos[xi].append(float(torch.nn.functional.cosine_similarity(r[i].flatten().double(), hd, dim=0)))
     assert min(cos[VAT.Config().xi]) > 0.99, cos
