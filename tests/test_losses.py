@@ -149,7 +149,7 @@ def test_rotate90_matches_per_sample_rot90():
 def test_helpers_compile_fullgraph():
     def f(logits, target, x, step):
         lam = L.mixup_lambda(0.5, x, biased=True)
-        xm, ym = L.mixup(x, target, lam, torch.randperm(x.shape[0], device=x.device))
+        xm, ym = L.mixup(x, target, lam, L.random_permutation(x.shape[0], x.device))
         k = torch.randint(0, 4, (x.shape[0],))
         return (L.js(logits, ym).mean() + L.kl(logits, L.sharpen(target, 0.5)).mean() + xm.sum()
                 + L.rotate90(x, k).sum() + L.ramp_up(step, 10, "sigmoid"))
@@ -158,3 +158,20 @@ def test_helpers_compile_fullgraph():
     x = torch.randn(7, 1, 4, 4, dtype=torch.float64)
     out = torch.compile(f, backend="eager", fullgraph=True)(logits, target, x, torch.tensor(3))
     assert torch.isfinite(out)
+
+
+def test_random_permutation_and_mixup_compile_with_inductor():
+    """`x[torch.randperm(n)]` crashes inductor's pattern matcher in torch 2.13; the argsort form compiles."""
+    for n in (1, 7, 33):
+        assert sorted(L.random_permutation(n, torch.device("cpu")).tolist()) == list(range(n))
+    torch.manual_seed(0)
+    firsts = torch.stack([L.random_permutation(4, torch.device("cpu"))[0] for _ in range(400)])
+    assert torch.bincount(firsts, minlength=4).min() > 60  # every position reachable, roughly uniform
+
+    def f(x, y):
+        xm, ym = L.mixup(x, y, L.mixup_lambda(0.5, x, biased=True), L.random_permutation(x.shape[0], x.device))
+        return xm.sum() + ym.sum()
+
+    x, y = torch.randn(6, 3, 4, 4), torch.softmax(torch.randn(6, 5), -1)
+    torch._dynamo.reset()
+    assert torch.isfinite(torch.compile(f, fullgraph=True)(x, y))

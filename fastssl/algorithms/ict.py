@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, soft_ce, upcast
+from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, soft_ce, upcast
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -55,7 +55,7 @@ class ICT(Algorithm):
 
     def sample_mix(self, n: int, like: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
         """(λ ~ Beta(α, α), permutation of n rows), on the device. Tests replace it to inject fixed values."""
-        return mixup_lambda(alpha, like, biased=False), torch.randperm(n, device=like.device)
+        return mixup_lambda(alpha, like, biased=False), random_permutation(n, like.device)
 
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: ICTConfig = self.cfg

@@ -78,9 +78,18 @@ def mixup_lambda(alpha: float, like: Tensor, *, biased: bool) -> Tensor:
     return torch.maximum(lam, 1.0 - lam) if biased else lam
 
 
+def random_permutation(n: int, device: torch.device) -> Tensor:
+    """A uniformly random permutation of range(n), as the argsort of n i.i.d. uniforms, on the device.
+
+    Not `torch.randperm`: with torch 2.13, inductor's pattern matcher crashes when `randperm` feeds an index
+    ("Not all inputs to pattern found ... slice_shape"; reproduced on CPU, fullgraph), argsort does not."""
+    return torch.argsort(torch.rand(n, device=device))
+
+
 def mixup(x: Tensor, y: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
-    """(λ x + (1 − λ) x[perm], λ y + (1 − λ) y[perm]) with one λ for the batch; `perm` from `torch.randperm`
-    (a gather with a fixed-size index, so shapes stay static). Inputs and targets are mixed identically."""
+    """(λ x + (1 − λ) x[perm], λ y + (1 − λ) y[perm]) with one λ for the batch; `perm` from
+    `random_permutation` (a gather with a fixed-size index, so shapes stay static). Inputs and targets are
+    mixed identically."""
     lam_x = lam.to(x.dtype)
     lam_y = lam.to(y.dtype)
     return lam_x * x + (1 - lam_x) * x[perm], lam_y * y + (1 - lam_y) * y[perm]
@@ -115,5 +124,5 @@ def rotate90(x: Tensor, k: Tensor) -> Tensor:
     return out
 
 
-__all__ = ["DISTANCES", "entropy", "upcast", "js", "kl", "l1", "mixup", "mixup_lambda", "mse", "ramp_up", "rotate90",
-           "sharpen", "soft_ce"]
+__all__ = ["DISTANCES", "entropy", "js", "kl", "l1", "mixup", "mixup_lambda", "mse", "ramp_up",
+           "random_permutation", "rotate90", "sharpen", "soft_ce", "upcast"]

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, sharpen, soft_ce, upcast
+from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, sharpen, soft_ce, upcast
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -57,7 +57,7 @@ class MixMatch(Algorithm):
 
     def sample_mix(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """(λ', permutation of n rows), drawn on the device. Tests replace it to inject fixed values."""
-        return mixup_lambda(self.cfg.mixup_alpha, like, biased=True), torch.randperm(n, device=like.device)
+        return mixup_lambda(self.cfg.mixup_alpha, like, biased=True), random_permutation(n, like.device)
 
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: MixMatchConfig = self.cfg

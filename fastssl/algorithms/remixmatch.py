@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, ramp_up, rotate90, sharpen, soft_ce, upcast
+from fastssl.algorithms.losses import (mixup, mixup_lambda, ramp_up, random_permutation, rotate90, sharpen,
+                                       soft_ce, upcast)
 from fastssl.data.batch import SSLBatch, ViewSpec
 from fastssl.train.distributed import all_reduce_sum, world_size
 
@@ -81,7 +82,7 @@ class ReMixMatch(Algorithm):
 
     def sample_mix(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """(λ', permutation of n rows), drawn on the device. Tests replace it to inject fixed values."""
-        return mixup_lambda(self.cfg.mixup_alpha, like, biased=True), torch.randperm(n, device=like.device)
+        return mixup_lambda(self.cfg.mixup_alpha, like, biased=True), random_permutation(n, like.device)
 
     def sample_rotation(self, n: int, like: Tensor) -> Tensor:
         """(n,) int64 rotation labels, uniform in {0, 1, 2, 3} (quarter turns)."""
