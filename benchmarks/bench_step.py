@@ -162,6 +162,8 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=5, help="steps per system before timing (compile happens here)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--chunk", type=int, default=10, help="steps per timed chunk")
+    p.add_argument("--settle", type=int, default=2,
+                   help="untimed steps before each chunk, to use up batches prefetched in other systems' time")
     p.add_argument("--baseline-workers", type=int, default=1, help="DataLoader workers per loader (USB: 1)")
     p.add_argument("--dali-threads", type=int, default=2)
     p.add_argument("--threads", type=int, default=1,
@@ -200,6 +202,7 @@ def run(args) -> dict:
               "setup": {"algo": args.algo, "model": args.model, "batch_size": args.batch_size,
                         "uratio": args.uratio, "image_size": args.image_size, "images_per_step": ims,
                         "device": str(dev), "warmup": args.warmup, "rounds": args.rounds, "chunk": args.chunk,
+                        "settle": args.settle, "threads": args.threads,
                         "data_source": source, "num_train": len(x), "num_labels": int(len(ctx["lb_idx"]))},
               "systems": {}, "ratios": {}}
     live, errors = {}, {}
@@ -219,7 +222,7 @@ def run(args) -> dict:
             except Exception as e:  # noqa: BLE001 - one system failing (e.g. fastssl not landed) is reported
                 errors[name] = entry["error"] = f"{type(e).__name__}: {e}"
                 print(f"[bench_step] {name}: not run: {entry['error']}", file=sys.stderr)
-        per_step = common.interleaved(live, args.rounds, args.chunk)
+        per_step = common.interleaved(live, args.rounds, args.chunk, args.settle)
         for name, secs in per_step.items():
             e = result["systems"][name]
             e.update(common.summarize(secs, ims))

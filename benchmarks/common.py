@@ -148,17 +148,21 @@ def time_chunk(system: Steppable, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(systems: dict[str, Steppable], rounds: int, chunk: int) -> dict[str, list[float]]:
+def interleaved(systems: dict[str, Steppable], rounds: int, chunk: int, settle: int = 0) -> dict[str, list[float]]:
     """Seconds per step for each system, one chunk of `chunk` steps per system per round, round-robin.
 
     Interleaving puts every system under the same machine load (other users' jobs come and go on a
-    shared machine); the order alternates between rounds so no system always runs right after another's
-    background work (DataLoader workers and DALI threads refill their prefetch queues when a chunk starts).
+    shared machine), and the order alternates between rounds. Each timed chunk is preceded by `settle`
+    untimed steps: while the other systems ran, this one's DataLoader workers / DALI threads filled their
+    prefetch queues, and batches made in someone else's time must not be counted (set `settle` to the
+    prefetch depth: 2 batches for a 1-worker DataLoader and for DALI's default queue).
     """
     per_step: dict[str, list[float]] = {k: [] for k in systems}
     names = list(systems)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
+            if settle:
+                systems[name].run_steps(settle)
             per_step[name].append(time_chunk(systems[name], chunk) / chunk)
     return per_step
 
