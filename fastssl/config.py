@@ -91,6 +91,8 @@ class TrainConfig:
     """checkpoint to continue from exactly (a file, or a run directory: its latest checkpoint)"""
     compile: str = "auto"
     """torch.compile the train step: auto (on with CUDA, off on CPU), on, off"""
+    compile_mode: str = "default"
+    """torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune"""
     amp: str = "auto"
     """mixed precision: auto (bf16 on CUDA, off on CPU), bf16, off"""
     channels_last: str = "auto"
@@ -138,6 +140,8 @@ class Config:
             (t.eval_every > 0 and t.log_every > 0, "--train.eval_every and --train.log_every must be > 0"),
             (t.ckpt_every >= 0, f"--train.ckpt_every={t.ckpt_every} must be ≥ 0 (0 = only at the end)"),
             (t.compile in ("auto", "on", "off"), f"--train.compile={t.compile!r}: use auto, on or off"),
+            (t.compile_mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+             f"--train.compile_mode={t.compile_mode!r}: use default, reduce-overhead or max-autotune"),
             (t.amp in ("auto", "bf16", "off"), f"--train.amp={t.amp!r}: use auto, bf16 or off"),
             (t.channels_last in ("auto", "on", "off"), f"--train.channels_last={t.channels_last!r}: use auto, on or off"),
             (d.name == "digits" or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),

@@ -1,0 +1,141 @@
+"""`fastssl train | eval | info | bench`: parse, build, run. Thin by design."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+USAGE = """usage: fastssl train [--recipe NAME] [--SECTION.FIELD=VALUE ...]
+       fastssl eval --checkpoint PATH [--data.root DIR]
+       fastssl info
+       fastssl bench [...]          (run from a source checkout: the harness lives in benchmarks/)
+       fastssl train --help         every option, its default and meaning (add --algo.name=X for X's options)
+Launch on N GPUs (or N CPU processes) with: torchrun --nproc_per_node=N -m fastssl train ...
+"""
+
+
+def parse_overrides(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Splits argv into {"section.field": value} overrides and plain options ({"recipe": ..., "checkpoint": ...}).
+    Accepts `--key=value` and `--key value`."""
+    overrides: dict[str, str] = {}
+    plain: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; options look like --train.steps=1000 (see --help)")
+        key, eq, val = arg[2:].partition("=")
+        if not eq:
+            if key == "help":
+                plain["help"] = "1"
+                i += 1
+                continue
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ValueError(f"--{key} needs a value: --{key}=VALUE")
+            val = argv[i + 1]
+            i += 1
+        (overrides if "." in key else plain)[key] = val
+        i += 1
+    return overrides, plain
+
+
+def make_config(overrides: dict[str, str], recipe: str | None):
+    from fastssl.config import Config, apply_overrides
+    from fastssl.recipes import get_recipe
+
+    cfg = Config()
+    if recipe:
+        apply_overrides(cfg, get_recipe(recipe))
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def print_help(cfg) -> None:
+    from fastssl.config import describe
+
+    print(USAGE)
+    print("options (default, meaning):")
+    for opt, default, doc in describe(cfg):
+        print(f"  {opt}={default}")
+        if doc:
+            print(textwrap.fill(doc, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    print("  --recipe=NAME\n      named published setup applied before the other options (see `fastssl info`)")
+
+
+def cmd_train(argv: list[str]) -> int:
+    overrides, plain = parse_overrides(argv)
+    unknown = set(plain) - {"recipe", "help"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join('--' + k for k in sorted(unknown))}; see fastssl train --help")
+    cfg = make_config(overrides, plain.get("recipe"))
+    if "help" in plain:
+        print_help(cfg)
+        return 0
+    cfg.validate()
+    from fastssl.train.trainer import Trainer
+
+    Trainer(cfg).fit()
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    overrides, plain = parse_overrides(argv)
+    if "checkpoint" not in plain:
+        raise ValueError("fastssl eval needs --checkpoint PATH (a ckpt-<step>.pt file or a run directory)")
+    import json
+
+    from fastssl.config import Config, apply_overrides
+    from fastssl.train.checkpoint import load_checkpoint
+    from fastssl.train.trainer import Trainer
+
+    ck = load_checkpoint(plain["checkpoint"])
+    cfg = Config.from_dict(ck["config"])
+    apply_overrides(cfg, overrides)  # e.g. a moved --data.root
+    cfg.train.resume = None
+    trainer = Trainer(cfg, build_train=False)
+    trainer.ema.load_state_dict(ck["ema"])
+    result = {"checkpoint": ck["path"], "step": ck["step"], **trainer.evaluate()}
+    if trainer.rank == 0:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_info() -> int:
+    from fastssl.algorithms import ALGORITHMS
+    from fastssl.models import MODELS
+    from fastssl.recipes import RECIPES
+
+    print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
+    print("models:     " + ", ".join(sorted(MODELS)))
+    print("datasets:   digits (offline default), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz")
+    print("recipes:    " + ", ".join(sorted(RECIPES)))
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    try:
+        from benchmarks.bench_step import main as bench_main
+    except ImportError as e:
+        raise ValueError("fastssl bench runs the harness in benchmarks/: run it from a source checkout "
+                         f"(the repository root), e.g. python -m benchmarks.bench_step ({e})") from None
+    return bench_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "train":
+            return cmd_train(rest)
+        if cmd == "eval":
+            return cmd_eval(rest)
+        if cmd == "info":
+            return cmd_info()
+        if cmd == "bench":
+            return cmd_bench(rest)
+        raise ValueError(f"unknown command {cmd!r}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fastssl: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,95 @@
+"""Checkpoints: atomic writes, exact resume, and a loud refusal of anything that does not match.
+
+A checkpoint holds everything the next step depends on: model, EMA teacher, optimizer (momentum), the
+algorithm's buffers, the step, every RNG (torch CPU/CUDA, numpy, Python), each rank's data-pipeline
+position, the evaluation history (best / last-N), and the resolved config it was written with.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Options that may differ between the run that wrote a checkpoint and the one resuming it: where files go,
+# how often things are reported, and speed settings that do not change the arithmetic on CPU.
+RESUMABLE_CHANGES = {
+    "train.out", "train.resume", "train.progress", "train.log_every", "train.eval_every", "train.ckpt_every",
+    "train.compile", "train.compile_mode", "data.root", "data.num_threads", "data.eval_batch_size",
+}
+
+CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's newest `ckpt-<step>.pt`."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := CKPT_RE.search(p.name)))
+        if not found:
+            raise FileNotFoundError(f"--train.resume={path}: no ckpt-<step>.pt in this folder; pass a checkpoint "
+                                    f"file or the --train.out folder of a run that wrote one")
+        return found[-1][1]
+    if not path.is_file():
+        raise FileNotFoundError(f"--train.resume={path}: no such file or folder")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = find_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a torn or foreign file: never fall back to training from scratch
+        raise ValueError(f"cannot read checkpoint {path}: {e}. Nothing was resumed; pass another checkpoint "
+                           f"(or drop --train.resume to start a new run)") from e
+    missing = {"model", "ema", "optimizer", "algorithm", "step", "rng", "loader", "config"} - set(ckpt)
+    if missing:
+        raise ValueError(f"{path} is not a fastssl checkpoint (missing {', '.join(sorted(missing))})")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The options (flattened keys) whose values differ and that may not change on resume."""
+    from fastssl.config import flatten
+
+    a, b = flatten(saved), flatten(current)
+    keys = sorted((set(a) | set(b)) - RESUMABLE_CHANGES)
+    return [f"--{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def prune(folder: Path, keep: int = 2) -> None:
+    """Deletes all but the newest `keep` checkpoints in `folder`."""
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.search(p.name)))
+    for _, p in found[:-keep]:
+        p.unlink(missing_ok=True)

@@ -1,0 +1,257 @@
+"""The training loop: batch → compiled step → optimizer → EMA → algorithm state; log, eval, checkpoint.
+
+Read top to bottom; there are no hooks. The only host syncs are in `_read_metrics` (every `log_every`
+steps), `evaluate` and `save` — each marked `# host sync`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from fastssl.algorithms import get_algorithm
+from fastssl.config import Config
+from fastssl.data.build import build_data
+from fastssl.models import build_model
+from fastssl.train import checkpoint as ckpt_io
+from fastssl.train.distributed import all_reduce_sum, init_from_env, is_dist
+from fastssl.train.ema import EMATeacher
+from fastssl.train.metrics import Progress, topk_correct
+from fastssl.train.optim import build_optimizer, lr_at, set_lr
+from fastssl.train.provenance import provenance
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, build_train: bool = True):
+        self.cfg = cfg.validate()
+        t = cfg.train
+        self.rank, self.world, self.device = init_from_env()
+        cuda = self.device.type == "cuda"
+        self.amp = t.amp == "bf16" or (t.amp == "auto" and cuda)
+        self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and cuda)
+        self.compiled = t.compile == "on" or (t.compile == "auto" and cuda)
+        algo_cls = get_algorithm(cfg.algo_name)
+
+        self.data = build_data(cfg, algo_cls.views, rank=self.rank, world=self.world, device=self.device,
+                               build_train=build_train)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
+                                 in_channels=self.data.in_channels, image_size=self.data.image_size)
+        self.model.to(self.device, memory_format=fmt)
+        # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
+        self.ema = EMATeacher(self.model)
+        self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
+                                  total_steps=t.steps).to(self.device)
+        if algo_cls.uses_teacher:
+            self.algorithm.set_teacher(self.ema.module)
+        self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device)
+        self.net = DDP(self.model, device_ids=[self.device] if cuda else None) if is_dist() else self.model
+        self.forward = (torch.compile(self._forward, mode=None if t.compile_mode == "default" else t.compile_mode)
+                        if self.compiled else self._forward)
+        self.ema_decay = torch.tensor(t.ema_decay, device=self.device)
+        self.step = 0
+        self.step_t = torch.zeros((), dtype=torch.long, device=self.device)  # 0-d: schedules never recompile
+        self.history: list[dict[str, Any]] = []
+        self._metric_keys: list[str] | None = None
+        self._metric_sum: torch.Tensor | None = None
+        self._metric_count = 0
+        self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0, "steps": 0}
+        torch.manual_seed(t.seed + 1 + self.rank)  # per-rank stream for the algorithms' own randomness
+        self._batches = iter(self.data.train) if build_train else None
+        self.out_dir: Path | None = Path(t.out) if t.out else None
+        if t.resume:
+            self._resume(ckpt_io.load_checkpoint(t.resume))
+
+    # --- one step -------------------------------------------------------------------------------------
+    def _forward(self, batch, step_t):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.algorithm(self.net, batch, step_t)
+
+    def train_step(self) -> None:
+        batch = next(self._batches)
+        out = self.forward(batch, self.step_t)
+        out.loss.backward()
+        if is_dist():  # the algorithm's own parameters (e.g. ReMixMatch's rotation head) are not under DDP
+            for p in self.algorithm.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(self.world)
+        set_lr(self.optimizer, lr_at(self.step, self.cfg.train.steps, self.cfg.optim))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.ema_decay)
+        self.algorithm.update_state(batch, out)
+        self.step += 1
+        self.step_t += 1
+        vals = torch.stack([out.loss.detach().float(), *(v.float() for v in out.metrics.values())])
+        if self._metric_sum is None:
+            self._metric_keys = ["loss", *out.metrics]
+            self._metric_sum = torch.zeros_like(vals)
+        self._metric_sum += vals
+        self._metric_count += 1
+
+    def run_steps(self, n: int) -> None:
+        """n full training steps (no eval, logging or checkpoints): what the benchmarks time."""
+        for _ in range(n):
+            self.train_step()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _read_metrics(self) -> dict[str, float]:
+        """Means of the step metrics since the last read, averaged over ranks."""
+        if not self._metric_count:
+            return {}
+        sums = all_reduce_sum(self._metric_sum) / (self._metric_count * self.world)
+        means = dict(zip(self._metric_keys, sums.tolist()))  # host sync (once every log_every steps)
+        self._interval["loss"] += means["loss"] * self._metric_count
+        self._interval["n"] += self._metric_count
+        self._metric_sum.zero_()
+        self._metric_count = 0
+        return means
+
+    # --- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Top-1/top-5 of the EMA teacher on the test set, counted on every rank's shard and summed."""
+        model = self.ema.module.eval()
+        counts = torch.zeros(3, dtype=torch.long, device=self.device)
+        for x, y, valid in self.data.eval:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = model(x)
+            counts[:2] += topk_correct(logits.float(), y, valid)
+            counts[2] += valid.sum()
+        top1, top5, n = all_reduce_sum(counts).tolist()  # host sync (once per eval)
+        return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "eval_samples": n}
+
+    # --- the run ----------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.train
+        main = self.rank == 0
+        if main:
+            self._prepare_out_dir()
+        progress = Progress(t.steps, start=self.step, enabled=main and t.progress)
+        if main:
+            print(f"fastssl: {self.cfg.algo_name} on {self.cfg.data.name} ({self.data.num_lb} labeled, "
+                  f"{self.data.num_ulb} unlabeled), {self.cfg.model.name}, {self.world} rank(s) on {self.device}, "
+                  f"compile={'on' if self.compiled else 'off'}, bf16={'on' if self.amp else 'off'}; "
+                  f"steps {self.step}→{t.steps}; writing {self.out_dir}", flush=True)
+        last = {}
+        t_mark = time.perf_counter()
+        while self.step < t.steps:
+            self.train_step()
+            s = self.step
+            if s % t.log_every == 0 or s == t.steps:
+                last = self._read_metrics()
+                progress.update(s, {"loss": last["loss"], **({"mask": last["mask_ratio"]} if "mask_ratio" in last else {}),
+                                    **({"top1": self.history[-1]["top1"]} if self.history else {})})
+            if s % t.eval_every == 0 or s == t.steps:
+                self._interval["train_time"] += time.perf_counter() - t_mark
+                self._read_metrics()
+                self._record_eval(self.evaluate(), last)
+                t_mark = time.perf_counter()
+            if (t.ckpt_every and s % t.ckpt_every == 0) or s == t.steps:
+                self.save()
+                t_mark = time.perf_counter()
+        progress.close()
+        summary = self.summary()
+        if main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            print("fastssl: done. " + json.dumps(summary), flush=True)
+        return summary
+
+    def _record_eval(self, ev: dict[str, float], last: dict[str, float]) -> None:
+        iv = self._interval
+        steps = self.step - iv.get("step0", 0)
+        rec = {"step": self.step, **ev,
+               "its_per_sec": steps / iv["train_time"] if iv["train_time"] > 0 else 0.0,
+               "loss": iv["loss"] / iv["n"] if iv["n"] else float("nan"),
+               "lr": lr_at(self.step - 1, self.cfg.train.steps, self.cfg.optim),
+               **{k: v for k, v in last.items() if k != "loss"}}
+        self.history.append(rec)
+        rec["best_top1"] = max(h["top1"] for h in self.history)
+        n = self.cfg.train.last_n
+        rec[f"mean_last{n}_top1"] = sum(h["top1"] for h in self.history[-n:]) / len(self.history[-n:])
+        self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0, "step0": self.step}
+        if self.rank == 0:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def summary(self) -> dict[str, Any]:
+        if not self.history:
+            return {"step": self.step}
+        last, n = self.history[-1], self.cfg.train.last_n
+        return {"step": self.step, "top1": last["top1"], "top5": last["top5"], "best_top1": last["best_top1"],
+                f"mean_last{n}_top1": last[f"mean_last{n}_top1"], "its_per_sec": last["its_per_sec"],
+                "out": str(self.out_dir)}
+
+    def _prepare_out_dir(self) -> None:
+        if self.out_dir is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            self.out_dir = Path("runs") / f"{self.cfg.algo_name}-{self.cfg.data.name}-{stamp}"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"config": self.cfg.to_dict(), **provenance(self.device), "world_size": self.world}
+        (self.out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+        from fastssl.data.splits import save_split
+
+        save_split(self.out_dir / "labeled_split.json", self.data.split, self.data.split_meta)
+        # On resume, evaluations after the checkpoint's step are about to be redone: drop them.
+        mpath = self.out_dir / "metrics.jsonl"
+        kept = [h for h in self.history if h["step"] <= self.step]
+        mpath.write_text("".join(json.dumps(h) + "\n" for h in kept))
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def _rank_state(self) -> dict[str, Any]:
+        return {"loader": self.data.train.state_dict(), "rng": ckpt_io.rng_state()}
+
+    def save(self) -> Path | None:
+        """Every rank contributes its pipeline position and RNG; rank 0 writes one file atomically."""
+        per_rank = [None] * self.world
+        if is_dist():
+            dist.all_gather_object(per_rank, self._rank_state())  # host sync (checkpoint only)
+        else:
+            per_rank[0] = self._rank_state()
+        if self.rank != 0:
+            return None
+        state = {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "algorithm": self.algorithm.state_dict(), "step": self.step, "history": self.history,
+            "metric_interval": self._interval, "world_size": self.world,
+            "loader": [r["loader"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
+            "config": self.cfg.to_dict(),
+        }
+        path = self.out_dir / f"ckpt-{self.step}.pt"
+        ckpt_io.save_atomic(state, path)
+        ckpt_io.prune(self.out_dir)
+        return path
+
+    def _resume(self, ck: dict[str, Any]) -> None:
+        bad = ckpt_io.config_mismatches(ck["config"], self.cfg.to_dict())
+        if bad:
+            raise ValueError(f"checkpoint {ck['path']} was written with a different config; refusing to resume:\n  "
+                             + "\n  ".join(bad) + "\nresume with the same options (or start a new run without --train.resume)")
+        if ck["world_size"] != self.world:
+            raise ValueError(f"checkpoint {ck['path']} was written by {ck['world_size']} rank(s), this run has "
+                             f"{self.world}; resume with --nproc_per_node={ck['world_size']}")
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.algorithm.load_state_dict(ck["algorithm"])
+        self.step = ck["step"]
+        self.step_t.fill_(self.step)
+        self.history = ck["history"]
+        self._interval = ck["metric_interval"]
+        if self._batches is not None:
+            self.data.train.load_state_dict(ck["loader"][self.rank])
+            self._batches = iter(self.data.train)
+        ckpt_io.set_rng_state(ck["rng"][self.rank])
+        if self.out_dir is None:
+            self.out_dir = Path(ck["path"]).parent
