@@ -251,6 +251,14 @@ class BaselineTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def worker_pids(self) -> list[int]:
+        """pids of the DataLoader worker processes (for CPU-time accounting)."""
+        pids = []
+        for loader in (self.lb_loader, self.ulb_loader):
+            it = getattr(loader, "_iterator", None)
+            pids += [w.pid for w in getattr(it, "_workers", [])]
+        return pids
+
     def close(self) -> None:
         """Stops the worker processes."""
         self._batches = iter(())

@@ -43,6 +43,9 @@ class PILLoader:
     def next(self):
         return next(self._it)
 
+    def worker_pids(self) -> list[int]:
+        return [w.pid for ld in (self.lb, self.ulb) for w in getattr(getattr(ld, "_iterator", None), "_workers", [])]
+
     def close(self):
         self._it = iter(())
         for loader in (self.lb, self.ulb):
@@ -103,7 +106,7 @@ def run(args) -> dict:
               "setup": {"batch_size": args.batch_size, "uratio": args.uratio, "image_size": args.image_size,
                         "views_per_batch": views, "batches_per_round": args.batches, "rounds": args.rounds,
                         "device": str(device), "data_source": source},
-              "loaders": {}, "ratios": {}, "errors": errors}
+              "loaders": {}, "ratios": {}, "cpu_ratios": {}, "errors": errors}
     try:
         for name, ld in loaders.items():  # warm-up: worker start-up, first prefetch, DALI build
             t0 = time.perf_counter()
@@ -111,24 +114,29 @@ def run(args) -> dict:
                 ld.next()
             result["loaders"][name] = {"warmup_s": time.perf_counter() - t0}
         secs: dict[str, list[float]] = {k: [] for k in loaders}
+        cpu: dict[str, list[float]] = {k: [] for k in loaders}
         names = list(loaders)
         for r in range(args.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 for _ in range(loaders[name].depth):  # made ahead during the others' rounds: not counted
                     loaders[name].next()
-                t0 = time.perf_counter()
+                c0, t0 = common.cpu_seconds(loaders[name]), time.perf_counter()
                 for _ in range(args.batches):
                     loaders[name].next()
                 secs[name].append((time.perf_counter() - t0) / args.batches)
+                cpu[name].append((common.cpu_seconds(loaders[name]) - c0) / args.batches)
         for name, s in secs.items():
-            summ = common.summarize(s, views)
+            summ = common.summarize(s, views, cpu[name])
             result["loaders"][name].update({"batches_s": summ["it_s"], "views_s": summ["img_s"],
                                             "batch_ms_median": summ["step_ms_median"],
-                                            "batch_ms_per_round": summ["step_ms_per_round"]})
+                                            "batch_ms_per_round": summ["step_ms_per_round"],
+                                            "cpu_ms_per_batch_median": summ["cpu_ms_per_step_median"],
+                                            "views_per_cpu_s": views / summ["cpu_ms_per_step_median"] * 1e3})
         dali = [n for n in secs if n.startswith("dali")]
         for d in dali:
             for p in (n for n in secs if n.startswith("pil")):
                 result["ratios"][f"{d}/{p}"] = common.paired_ratio(secs[d], secs[p])
+                result["cpu_ratios"][f"{d}/{p}"] = common.paired_ratio(cpu[d], cpu[p])
     finally:
         for ld in loaders.values():
             ld.close()
@@ -164,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
           f"data: {s['data_source']}")
     for name, e in res["loaders"].items():
         if "views_s" in e:
-            print(f"{name:<24}{e['views_s']:>10.0f} views/s {e['batch_ms_median']:>9.1f} ms/batch")
+            print(f"{name:<24}{e['views_s']:>10.0f} views/s {e['batch_ms_median']:>9.1f} ms/batch "
+                  f"{e['views_per_cpu_s']:>9.0f} views per CPU-second")
     for name, err in res["errors"].items():
         print(f"{name:<24} not run: {err}")
     for k, v in res["ratios"].items():
-        print(f"ratio {k} = {v:.2f}x")
+        print(f"ratio {k} = {v:.2f}x wall, {res['cpu_ratios'][k]:.2f}x CPU time")
     if args.json:
         common.write_json(args.json, res)
         print(f"wrote {args.json}")

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).absolute().parent.parent
 CIFAR10_NPZ = Path(os.environ.get("FASTSSL_CIFAR10_NPZ", "/work/shared/data/cifar10.npz"))
 """real CIFAR-10 (uint8 NHWC) used for benchmark inputs when present; override with $FASTSSL_CIFAR10_NPZ"""
 
@@ -139,17 +139,40 @@ class Steppable(Protocol):
     def sync(self) -> None: ...
 
 
-def time_chunk(system: Steppable, n: int) -> float:
-    """Wall seconds for `n` steps, the device idle at both ends (so queued work is counted where it runs)."""
+def _children_cpu_s(pids: list[int]) -> float:
+    """utime + stime of other processes (DataLoader workers), from /proc; 0 where unavailable."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(system) -> float:
+    """CPU time of this process (all its threads: DALI's included) plus the system's worker processes."""
+    pids = system.worker_pids() if hasattr(system, "worker_pids") else []
+    return time.process_time() + _children_cpu_s(pids)
+
+
+def time_chunk(system: Steppable, n: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for `n` steps, the device idle at both ends (so queued work is counted
+    where it runs). CPU seconds add every thread and worker process: on a shared machine the wall time of
+    a system with more processes also depends on how much of the machine the scheduler grants it, the CPU
+    time much less."""
     system.sync()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(system), time.perf_counter()
     system.run_steps(n)
     system.sync()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds(system) - c0
 
 
-def interleaved(systems: dict[str, Steppable], rounds: int, chunk: int, settle: int = 0) -> dict[str, list[float]]:
-    """Seconds per step for each system, one chunk of `chunk` steps per system per round, round-robin.
+def interleaved(systems: dict[str, Steppable], rounds: int, chunk: int,
+                settle: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(wall, CPU) seconds per step for each system, one chunk of `chunk` steps per system per round,
+    round-robin.
 
     Interleaving puts every system under the same machine load (other users' jobs come and go on a
     shared machine), and the order alternates between rounds. Each timed chunk is preceded by `settle`
@@ -157,17 +180,20 @@ def interleaved(systems: dict[str, Steppable], rounds: int, chunk: int, settle: 
     prefetch queues, and batches made in someone else's time must not be counted (set `settle` to the
     prefetch depth: 2 batches for a 1-worker DataLoader and for DALI's default queue).
     """
-    per_step: dict[str, list[float]] = {k: [] for k in systems}
+    wall: dict[str, list[float]] = {k: [] for k in systems}
+    cpu: dict[str, list[float]] = {k: [] for k in systems}
     names = list(systems)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             if settle:
                 systems[name].run_steps(settle)
-            per_step[name].append(time_chunk(systems[name], chunk) / chunk)
-    return per_step
+            w, c = time_chunk(systems[name], chunk)
+            wall[name].append(w / chunk)
+            cpu[name].append(c / chunk)
+    return wall, cpu
 
 
-def summarize(sec_per_step: list[float], images_per_step: int) -> dict:
+def summarize(sec_per_step: list[float], images_per_step: int, cpu_per_step: list[float] | None = None) -> dict:
     med = statistics.median(sec_per_step)
     q = statistics.quantiles(sec_per_step, n=4) if len(sec_per_step) >= 2 else [med, med, med]
     return {
@@ -178,6 +204,8 @@ def summarize(sec_per_step: list[float], images_per_step: int) -> dict:
         "step_ms_q3": 1e3 * q[2],
         "step_ms_min": 1e3 * min(sec_per_step),
         "step_ms_per_round": [round(1e3 * s, 3) for s in sec_per_step],
+        **({"cpu_ms_per_step_median": 1e3 * statistics.median(cpu_per_step),
+            "cpu_ms_per_step_per_round": [round(1e3 * s, 3) for s in cpu_per_step]} if cpu_per_step else {}),
     }
 
 

@@ -137,3 +137,52 @@ def test_bench_step_tiny_run_writes_complete_json(tmp_path):
     assert res["ratios"]["ceiling/baseline"] > 0
     if HAVE_TRAINER:
         assert res["ratios"]["fastssl/baseline"] > 0 and res["ratios"]["fastssl/ceiling"] > 0
+
+
+HAVE_PIPELINE = _has("fastssl.data.pipeline", "TrainLoader")
+
+
+def test_bench_pipeline_tiny_run(tmp_path):
+    from benchmarks import bench_pipeline
+
+    out = tmp_path / "pipe.json"
+    rc = bench_pipeline.main(["--image-size", "16", "--data", "random", "--num-train", "128", "--num-labels", "20",
+                              "--batch-size", "2", "--uratio", "2", "--workers", "0", "--warmup", "1",
+                              "--batches", "1", "--rounds", "2", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["setup"]["views_per_batch"] == 2 * (1 + 2 * 2)
+    pil = res["loaders"]["pil_workers0"]
+    assert pil["views_s"] > 0 and len(pil["batch_ms_per_round"]) == 2
+    if HAVE_PIPELINE:
+        (dali,) = [k for k in res["loaders"] if k.startswith("dali")]
+        assert res["loaders"][dali]["views_s"] > 0 and f"{dali}/pil_workers0" in res["ratios"]
+
+
+def test_pil_loader_batch_shapes():
+    from benchmarks.bench_pipeline import PILLoader
+
+    x = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(64) % 10
+    ld = PILLoader(x, y, np.arange(10), batch=2, uratio=3, workers=0)
+    (i_lb, x_lb, y_lb), (i_u, x_w, x_s, y_u) = ld.next()
+    assert x_lb.shape == (2, 3, 16, 16) and x_w.shape == x_s.shape == (6, 3, 16, 16)
+    assert y_lb.dtype == torch.int64 and not torch.equal(x_w, x_s)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRAINER, reason="fastssl.train.trainer not on this branch yet")
+def test_bench_scaling_two_gloo_processes(tmp_path):
+    """1 vs 2 CPU processes (gloo) at the same global batch; slow: two torchrun launches, DALI builds."""
+    from benchmarks import bench_scaling
+
+    out = tmp_path / "scaling.json"
+    rc = bench_scaling.main(["--model", "cnn_small", "--image-size", "16", "--data", "random", "--num-train", "256",
+                             "--num-labels", "40", "--batch-size", "4", "--uratio", "2", "--warmup", "1",
+                             "--rounds", "2", "--chunk", "2", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0, [r.get("error") for r in res["runs"]]
+    assert set(res["by_world_size"]) == {"1", "2"}
+    assert [r["world_size"] for r in res["runs"]] == [1, 2] and res["runs"][1]["backend"] == "gloo"
+    for e in res["by_world_size"].values():
+        assert e["it_s"] > 0 and e["efficiency"] > 0
