@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastssl.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
-from fastssl.algorithms.base import config_from_dict
 
 
 @dataclass
@@ -101,7 +100,7 @@ class TrainConfig:
     """progress bar with it/s and ETA on stderr (rank 0)"""
 
 
-SECTIONS = ("data", "model", "optim", "train", "augment", "algo")
+SECTIONS = ("data", "model", "optim", "train", "aug", "algo")
 
 
 def _augment_config_cls():
@@ -116,7 +115,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    augment: Any = field(default_factory=lambda: _augment_config_cls()())
+    aug: Any = field(default_factory=lambda: _augment_config_cls()())
     algo_name: str = "fixmatch"
     """algorithm (--algo.name): see `fastssl info`"""
     algo: AlgorithmConfig = field(default_factory=lambda: ALGORITHMS["fixmatch"].Config())
@@ -185,6 +184,15 @@ def _parse_value(raw: Any, typ: Any, key: str) -> Any:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
             return None
         return _parse_value(raw, args[0], key)
+    if origin is tuple:
+        args = typing.get_args(typ)
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse_value(i, args[0], key) for i in items)
+        if len(items) != len(args):
+            raise ValueError(f"--{key}={raw!r} needs {len(args)} comma-separated values")
+        return tuple(_parse_value(i, a, key) for i, a in zip(items, args))
     if not isinstance(raw, str):
         if typ is float and isinstance(raw, int):
             return float(raw)
@@ -204,13 +212,16 @@ def _parse_value(raw: Any, typ: Any, key: str) -> Any:
         raise ValueError(f"--{key}={raw!r} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
-def _set_field(obj: Any, name: str, raw: Any, key: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if name not in fields:
-        raise ValueError(f"unknown option --{key}; valid in this section: "
-                         f"{', '.join('--' + key.rsplit('.', 1)[0] + '.' + n for n in sorted(fields))}")
+def _replace_fields(obj: Any, values: dict[str, Any], section: str) -> Any:
+    """A copy of the dataclass `obj` with `values` (command-line strings or JSON values) converted to the fields'
+    types. Built through the constructor, so the section's own checks (__post_init__) run."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(f'--{section}.{k}' for k in unknown)}; valid in this "
+                         f"section: {', '.join(f'--{section}.{n}' for n in sorted(fields))}")
     hints = typing.get_type_hints(type(obj))
-    setattr(obj, name, _parse_value(raw, hints[name], key))
+    return dataclasses.replace(obj, **{k: _parse_value(v, hints[k], f"{section}.{k}") for k, v in values.items()})
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -219,25 +230,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     if "algo.name" in overrides:
         cfg.algo_name = str(overrides.pop("algo.name"))
         cfg.algo = get_algorithm(cfg.algo_name).Config()
-    algo_values: dict[str, Any] = {}
+    by_section: dict[str, dict[str, Any]] = {}
     for key, raw in overrides.items():
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name:
             raise ValueError(f"unknown option --{key}; options look like --SECTION.FIELD with SECTION in "
                              f"{', '.join(SECTIONS)} (see --help)")
-        if section == "algo":
-            algo_values[name] = raw
-        else:
-            _set_field(getattr(cfg, section), name, raw, key)
-    if algo_values:
-        cls = type(cfg.algo)
-        hints = typing.get_type_hints(cls)
-        current = dataclasses.asdict(cfg.algo)
-        unknown = [k for k in algo_values if k not in hints]
-        if unknown:
-            config_from_dict(cls, {**current, **algo_values})  # raises with the list of valid names
-        current.update({k: _parse_value(v, hints[k], f"algo.{k}") for k, v in algo_values.items()})
-        cfg.algo = config_from_dict(cls, current)
+        by_section.setdefault(section, {})[name] = raw
+    for section, values in by_section.items():
+        setattr(cfg, section, _replace_fields(getattr(cfg, section), values, section))
     return cfg
 
 

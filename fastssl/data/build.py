@@ -13,6 +13,10 @@ from fastssl.config import Config
 from fastssl.data.batch import ViewSpec
 
 
+NO_FLIP = ("digits", "mnist", "svhn")
+"""datasets where a horizontal flip changes the class (or makes a non-image): flip_prob defaults to 0"""
+
+
 @dataclasses.dataclass
 class DataBundle:
     train: Any
@@ -38,10 +42,11 @@ def build_data(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: t
     """This rank's loaders; `build_train=False` builds only the eval loader (`fastssl eval`)."""
     from fastssl.data.pipeline import EvalLoader, TrainLoader
     from fastssl.data.sources import load_dataset
-    from fastssl.data.splits import split_labeled
+    from fastssl.data.splits import labels_hash, split_labeled
 
     d = cfg.data
-    ds = load_dataset(d.name, d.root, svhn_extra=d.svhn_extra)
+    opts = {"svhn": {"extra": d.svhn_extra}, "imagefolder": {"image_size": d.image_size or 224}}.get(d.name, {})
+    ds = load_dataset(d.name, d.root, **opts)
     files = ds.train_x is None
     train_x = ds.train_files if files else ds.train_x
     split = split_labeled(np.asarray(ds.train_y), d.num_labels, ds.num_classes, d.split_seed,
@@ -60,10 +65,18 @@ def build_data(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: t
     if rem:
         raise ValueError(f"--data.batch_size={d.batch_size} is the global batch and must divide evenly across "
                          f"{world} ranks; use a multiple of {world}")
-    train = None if not build_train else TrainLoader(lb_x, lb_y, ulb_x, ulb_y, batch_size=d.batch_size, uratio=d.uratio, views=views,
-                        aug=cfg.augment, seed=cfg.train.seed, **common)
+    aug = cfg.aug
+    if aug.flip_prob is None:
+        aug = dataclasses.replace(aug, flip_prob=0.0 if d.name in NO_FLIP else 0.5)
+    train = None
+    if build_train:
+        make = TrainLoader.from_files if files else TrainLoader
+        train = make(lb_x, lb_y, ulb_x, ulb_y, batch_size=d.batch_size, uratio=d.uratio, views=views, aug=aug,
+                     seed=cfg.train.seed, **common)
+    make_eval = EvalLoader.from_files if files else EvalLoader
     test_x = ds.test_files if files else ds.test_x
-    evl = EvalLoader(test_x, np.asarray(ds.test_y), batch_size=d.eval_batch_size, **common)
-    meta = {"dataset": d.name, "num_labels": d.num_labels, "split_seed": d.split_seed,
-            "include_labeled_in_unlabeled": d.include_labeled_in_unlabeled}
+    evl = make_eval(test_x, np.asarray(ds.test_y), batch_size=d.eval_batch_size, **common)
+    meta = {"dataset": d.name, "num_labels": d.num_labels, "seed": d.split_seed, "num_classes": ds.num_classes,
+            "include_labeled_in_unlabeled": d.include_labeled_in_unlabeled,
+            "labels_sha256": labels_hash(np.asarray(ds.train_y))}
     return DataBundle(train, evl, ds.num_classes, ds.channels, image_size, len(lb_y), len(ulb_y), split, meta)

@@ -118,10 +118,23 @@ class Trainer:
         self._metric_count = 0
         return means
 
+    @torch.no_grad()
+    def _sync_buffers(self) -> None:
+        """BatchNorm statistics from rank 0 into every rank's student and teacher.
+
+        DDP broadcasts rank 0's buffers at the start of each forward, then every rank updates them with its own
+        shard, so between steps they differ slightly. Before an evaluation or a checkpoint, rank 0's are made the
+        truth everywhere (as DDP's next forward would), so every rank evaluates the same teacher."""
+        if is_dist():
+            for module in (self.model, self.ema.module):
+                for b in module.buffers():
+                    dist.broadcast(b, src=0)
+
     # --- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Top-1/top-5 of the EMA teacher on the test set, counted on every rank's shard and summed."""
+        self._sync_buffers()
         model = self.ema.module.eval()
         counts = torch.zeros(3, dtype=torch.long, device=self.device)
         for x, y, valid in self.data.eval:
@@ -202,7 +215,7 @@ class Trainer:
         (self.out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str))
         from fastssl.data.splits import save_split
 
-        save_split(self.out_dir / "labeled_split.json", self.data.split, self.data.split_meta)
+        save_split(self.out_dir / "split.npz", self.data.split, self.data.split_meta)
         # On resume, evaluations after the checkpoint's step are about to be redone: drop them.
         mpath = self.out_dir / "metrics.jsonl"
         kept = [h for h in self.history if h["step"] <= self.step]
@@ -214,6 +227,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Every rank contributes its pipeline position and RNG; rank 0 writes one file atomically."""
+        self._sync_buffers()
         per_rank = [None] * self.world
         if is_dist():
             dist.all_gather_object(per_rank, self._rank_state())  # host sync (checkpoint only)

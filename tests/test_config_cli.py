@@ -1,0 +1,81 @@
+"""Options: parsing, documentation, and bad values failing before any training with a message naming the fix."""
+import dataclasses
+import json
+
+import pytest
+
+from fastssl.cli import main, make_config, parse_overrides
+from fastssl.config import Config, apply_overrides, describe
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_override_parsing_and_types():
+    over, plain = parse_overrides(["--algo.tau=0.9", "--train.steps", "10", "--recipe", "cifar10_fixmatch_40"])
+    assert over == {"algo.tau": "0.9", "train.steps": "10"} and plain == {"recipe": "cifar10_fixmatch_40"}
+    cfg = make_config({**over, "train.compile": "off", "data.svhn_extra": "true", "aug.ops": "Rotate, Equalize",
+                       "aug.cutout_fill": "1,2,3"}, plain["recipe"])
+    assert cfg.aug.ops == ("Rotate", "Equalize") and cfg.aug.cutout_fill == (1, 2, 3)
+    assert cfg.algo.tau == 0.9 and cfg.train.steps == 10 and cfg.data.svhn_extra is True
+    assert cfg.data.name == "cifar10" and cfg.data.num_labels == 40 and cfg.model.name == "wrn_28_2"
+    assert cfg.data.batch_size == 64 and cfg.train.steps == 10  # user overrides beat the recipe
+
+
+def test_config_json_round_trip():
+    cfg = make_config({"algo.tau": "0.8", "train.steps": "123", "optim.lr": "0.1"}, None)
+    again = Config.from_dict(json.loads(cfg.to_json()))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_every_option_is_documented(capsys):
+    cfg = Config()
+    rows = describe(cfg)
+    undocumented = [opt for opt, _, doc in rows if not doc]
+    assert not undocumented, f"options without a docstring under the field: {undocumented}"
+    n_fields = sum(len(dataclasses.fields(getattr(cfg, s))) for s in ("data", "model", "optim", "train", "aug", "algo"))
+    assert len(rows) == n_fields + 1  # + --algo.name
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    for opt, default, _ in rows:
+        assert f"{opt}={default}" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--optim.lr=-0.1"], "--optim.lr=-0.1 must be > 0"),
+    (["--algo.name=nosuchalgo"], "unknown algorithm --algo.name='nosuchalgo'; choose one of"),
+    (["--recipe=nosuchrecipe"], "unknown recipe --recipe='nosuchrecipe'; choose one of"),
+    (["--data.name=cifar10"], "--data.name=cifar10 needs --data.root=FOLDER"),
+    (["--model.name=resnet9000"], "unknown model --model.name='resnet9000'"),
+    (["--algo.taux=0.9"], "unknown option(s) --algo.taux"),
+    (["--aug.flip_prob=2"], "--aug.flip_prob=2.0 must be in [0, 1]"),
+    (["--aug.ops=Rotate,Nope"], "--aug.ops has unknown ops"),
+    (["--trian.steps=3"], "unknown option --trian.steps"),
+    (["--train.stpes=3"], "unknown option(s) --train.stpes; valid in this section"),
+    (["--train.steps=ten"], "--train.steps='ten' is not a valid int"),
+    (["--train.compile=maybe"], "--train.compile='maybe': use auto, on or off"),
+    (["--data.num_labels=45"], "not divisible by 10 classes"),
+    (["--data.name=cifar10", "--data.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+])
+def test_bad_options_fail_before_training(capsys, tmp_path, argv, needle):
+    code, out, err = run_cli(capsys, "train", f"--train.out={tmp_path / 'run'}", *argv)
+    assert code == 2, (out, err)
+    assert needle in err, err
+    assert "step " not in out + err  # no training step ran
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_algo_options_follow_algo_name():
+    cfg = Config()
+    apply_overrides(cfg, {"algo.name": "supervised", "algo.lambda_u": "0"})
+    assert cfg.algo_name == "supervised" and not hasattr(cfg.algo, "tau")
+    with pytest.raises(ValueError, match="valid in this section: --algo.lambda_u"):
+        apply_overrides(cfg, {"algo.tau": "0.5"})
+
+
+def test_info_lists_registries(capsys):
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0 and "fixmatch" in out and "supervised" in out and "cifar10_fixmatch_40" in out

@@ -1,0 +1,81 @@
+"""The trainer end to end on the offline dataset: run-directory contract, exact resume, loud failures."""
+import json
+
+import pytest
+import torch
+
+from fastssl.cli import main
+from fastssl.config import Config, apply_overrides
+from fastssl.train.trainer import Trainer
+
+TINY = {"data.batch_size": 8, "data.uratio": 2, "data.eval_batch_size": 450, "train.steps": 6,
+        "train.eval_every": 3, "train.log_every": 3, "train.ckpt_every": 3, "train.progress": False,
+        "train.compile": "off", "train.ema_decay": 0.9}
+
+
+def tiny_cfg(out, **extra) -> Config:
+    cfg = Config()
+    apply_overrides(cfg, {**TINY, "train.out": str(out), **extra})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    summary = Trainer(tiny_cfg(out)).fit()
+    return out, summary
+
+
+def test_run_directory_contract(full_run):
+    out, summary = full_run
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["algo"]["name"] == "fixmatch" and meta["config"]["train"]["steps"] == 6
+    assert {"torch", "triton", "dali", "numpy"} <= set(meta["versions"]) and meta["git_sha"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    for r in rows:
+        assert {"step", "top1", "top5", "its_per_sec", "loss", "best_top1", "mean_last5_top1"} <= set(r)
+        assert 0 <= r["top1"] <= r["top5"] <= 100 and r["its_per_sec"] > 0 and r["eval_samples"] == 450
+    assert (out / "split.npz").exists() and (out / "ckpt-3.pt").exists() and (out / "ckpt-6.pt").exists()
+    assert summary["top1"] == rows[-1]["top1"]
+
+
+def test_resume_is_bit_identical(full_run, tmp_path):
+    out, _ = full_run
+    resumed = Trainer(tiny_cfg(tmp_path, **{"train.resume": str(out / "ckpt-3.pt")}))
+    assert resumed.step == 3
+    resumed.fit()
+    ref = torch.load(out / "ckpt-6.pt", weights_only=False)
+    got = torch.load(tmp_path / "ckpt-6.pt", weights_only=False)
+    for part in ("model", "ema", "algorithm"):
+        for k, v in ref[part].items():
+            assert torch.equal(v, got[part][k]), f"{part}.{k} differs after resume"
+    for a, b in zip(ref["optimizer"]["state"].values(), got["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    ref_rows = (out / "metrics.jsonl").read_text().splitlines()
+    got_rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["top1"] for r in ref_rows] == [json.loads(r)["top1"] for r in got_rows]
+
+
+def test_resume_refuses_a_different_config(full_run, tmp_path):
+    out, _ = full_run
+    with pytest.raises(ValueError, match=r"different config; refusing to resume:\n  --algo.tau: checkpoint 0.95, now 0.5"):
+        Trainer(tiny_cfg(tmp_path, **{"train.resume": str(out), "algo.tau": "0.5"}))
+
+
+def test_unreadable_checkpoint_fails_loudly(tmp_path, capsys):
+    bad = tmp_path / "ckpt-3.pt"
+    bad.write_bytes(b"not a checkpoint" * 10)
+    code = main(["train", f"--train.out={tmp_path}/new", f"--train.resume={bad}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot read checkpoint" in err and "Nothing was resumed" in err
+    assert not (tmp_path / "new" / "metrics.jsonl").exists()
+    code = main(["train", f"--train.resume={tmp_path / 'missing'}"])
+    assert code == 2 and "no such file or folder" in capsys.readouterr().err
+
+
+def test_eval_command_matches_training_eval(full_run, capsys):
+    out, summary = full_run
+    assert main(["eval", "--checkpoint", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 6 and result["top1"] == pytest.approx(summary["top1"], abs=1e-9)
