@@ -64,7 +64,7 @@ class DALILoader:
 
         self.device = device
         self.loader = TrainLoader(x[lb_idx], y[lb_idx], x, y, batch_size=batch, uratio=uratio,
-                                  views=ViewSpec(1, 1), aug=AugmentConfig(), mean=CIFAR_MEAN, std=CIFAR_STD,
+                                  views=ViewSpec(1, 1), aug=AugmentConfig(flip_prob=0.5), mean=CIFAR_MEAN, std=CIFAR_STD,
                                   seed=seed, device=device, num_threads=threads)
         self.depth = 2
         """DALI's default prefetch queue depth"""
