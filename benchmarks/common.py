@@ -53,11 +53,19 @@ def git_sha() -> str:
         return "unknown"
 
 
+def _command() -> str:
+    """The command line as typed: `python -m benchmarks.bench_step ...` rather than the module's file path."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.suffix == ".py" and argv0.parent.name == "benchmarks":
+        return " ".join(["python", "-m", f"benchmarks.{argv0.stem}", *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
+
+
 def environment() -> dict:
     """Everything needed to read a number later: versions, hardware, commit, command, time, machine load."""
     env = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": _command(),
         "git_sha": git_sha(),
         "python": platform.python_version(),
         "platform": platform.platform(),
