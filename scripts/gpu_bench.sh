@@ -86,4 +86,6 @@ print(f"\n| {e['date_utc'][:10]} | {e['gpu']} | torch {e['torch']}, triton {e['t
       f"{rat.get('fastssl/ceiling', nan):.2f} |")
 print("(row for the GPU table in benchmarks/RESULTS.md)")
 EOF
-echo "all results in $OUT"
+"$PY" -m benchmarks.summarize "$OUT"/step_*.json "$OUT/pipeline.json" $( [[ -f "$OUT/scaling.json" ]] && echo "$OUT/scaling.json" ) \
+    > "$OUT/summary.md"
+echo "all results in $OUT; tables for benchmarks/RESULTS.md in $OUT/summary.md"
