@@ -1,19 +1,54 @@
 """Fused kernels and their single dispatch point (imported as `fastssl.kernels`).
 
 `pseudo_label_ce` and `ema_update_` are what the algorithms and the trainer call. On CUDA tensors they run
-the Triton kernels; on CPU tensors the pure-PyTorch reference (`kernels/reference.py`), which defines the
-semantics.
+the Triton kernels (registered with `torch.library.triton_op`, so `torch.compile(fullgraph=True)` traces
+through them); on CPU tensors the pure-PyTorch reference (`kernels/reference.py`), which defines the
+semantics. `impl="triton"` forces the kernels (on CPU that needs TRITON_INTERPRET=1, as in the tests).
 """
-from .reference import PseudoLabelOutput, ema_update_reference, pseudo_label_ce_reference
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._launch import scalar
+from .ema import ema_update_flat_
+from .pseudo_label_ce import pseudo_label_ce_triton
+from .reference import PseudoLabelOutput, acc_dtype, ema_update_reference, pseudo_label_ce_reference
 
 __all__ = ["PseudoLabelOutput", "pseudo_label_ce", "ema_update_"]
+IMPLS = ("auto", "triton", "reference")
 
 
-def pseudo_label_ce(logits_w, logits_s, threshold, T=1.0, *, soft=False, weight=None, reduction="mean"):
-    """See `reference.pseudo_label_ce_reference` for the exact semantics."""
+def _use_triton(t: Tensor, impl: str) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}; use one of {IMPLS}")
+    return impl == "triton" or (impl == "auto" and t.is_cuda)
+
+
+def pseudo_label_ce(logits_w, logits_s, threshold, T=1.0, *, soft=False, weight=None, reduction="mean",
+                    impl="auto") -> PseudoLabelOutput:
+    """See `reference.pseudo_label_ce_reference` for the exact semantics (incl. NaN/inf and ties)."""
+    if _use_triton(logits_s, impl):
+        return PseudoLabelOutput(*pseudo_label_ce_triton(logits_w, logits_s, threshold, T, soft=soft,
+                                                         weight=weight, reduction=reduction))
     return pseudo_label_ce_reference(logits_w, logits_s, threshold, T, soft=soft, weight=weight, reduction=reduction)
 
 
-def ema_update_(ema, params, decay):
-    """ema <- decay*ema + (1-decay)*param in place; `ema`, `params`: lists of same-shape tensors."""
-    ema_update_reference(ema, params, decay)
+def ema_update_(ema, params, decay, *, impl="auto") -> None:
+    """ema <- decay*ema + (1-decay)*param in place; `ema`, `params`: lists of same-shape tensors.
+
+    Triton path: one launch per pair, so pass flat buffers (EMATeacher does) to get one launch in all.
+    `decay`: 0-d tensor on the tensors' device (no sync, no recompile) or a float.
+    """
+    if not ema:
+        return
+    if not _use_triton(ema[0], impl):
+        ema_update_reference(ema, params, decay)
+        return
+    if not isinstance(decay, Tensor):
+        decay = scalar(decay, acc_dtype(ema[0].dtype), ema[0].device)
+    for e, p in zip(ema, params, strict=True):
+        if e.is_contiguous() and p.is_contiguous() and e.shape == p.shape:
+            torch.ops.fastssl.ema_update_(e, p.detach(), decay)
+        else:  # a strided pair (not produced by EMATeacher): the reference handles any layout
+            ema_update_reference([e], [p], decay)

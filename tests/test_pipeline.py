@@ -237,3 +237,18 @@ def test_no_unlabeled_views_builds_no_unlabeled_pipeline():
     b = next(iter(loader))
     assert b.x_lb.shape == (4, 3, 8, 8) and b.x_ulb_w.shape == (0, 3, 8, 8) and b.x_ulb_s.shape == (0, 3, 8, 8)
     assert b.idx_ulb.shape == (0,) and b.y_ulb.dtype == torch.int64
+
+
+def test_labeled_strong_view_when_asked():
+    """ViewSpec(lb_strong=True) (DeFixMatch): the labeled pipeline also emits a strong view of the same images."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(40) % 4
+    loader = TrainLoader(x, y, x, y, batch_size=4, uratio=2, views=ViewSpec(1, 1, lb_strong=True),
+                         aug=AugmentConfig(flip_prob=0.0), mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)
+    b = next(iter(loader))
+    assert b.x_lb_s is not None and b.x_lb_s.shape == b.x_lb.shape == (4, 3, 8, 8)
+    assert not torch.equal(b.x_lb_s, b.x_lb) and b.y_lb.shape == (4,) and b.y_lb.dtype == torch.int64
+    plain = next(iter(TrainLoader(x, y, x, y, batch_size=4, uratio=2, views=ViewSpec(1, 1),
+                                  aug=AugmentConfig(flip_prob=0.0), mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)))
+    assert plain.x_lb_s is None and torch.equal(plain.y_lb, b.y_lb)

@@ -38,6 +38,14 @@ class AlgorithmConfig:
 
     lambda_u: float = 1.0
     """weight of the unlabeled loss"""
+    entmin_weight: float = 0.0
+    """add-on: weight of entropy minimisation on the unlabeled weak-view predictions (Grandvalet & Bengio 2004); 0 = off"""
+    cbl_weight: float = 0.0
+    """add-on: weight of the class-balance loss, BCE between the batch-mean prediction and uniform (French et al. 2018); 0 = off"""
+    mcc_weight: float = 0.0
+    """add-on: weight of the Minimum Class Confusion loss on the unlabeled predictions (Jin et al. 2020); 0 = off"""
+    mcc_T: float = 2.5
+    """temperature of the MCC softmax (the MCC paper's 2.5)"""
 
 
 class Algorithm(nn.Module):
@@ -80,6 +88,75 @@ class Algorithm(nn.Module):
     @torch.no_grad()
     def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
         """Updates buffers after the optimizer step. No-op unless the algorithm has state."""
+
+    def regularizers(self, logits_ulb: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The opt-in add-ons (`entmin_weight`, `cbl_weight`, `mcc_weight`) on `logits_ulb` (N, C), the
+        unlabeled weak view's logits *with* gradient. Returns (weighted sum to add to the loss, metrics).
+        Every algorithm adds this to its loss; with all weights 0 it is a constant 0 and adds nothing to
+        the graph (the branches read the config, never tensor values)."""
+        cfg = self.cfg
+        logits = acc(logits_ulb)
+        loss = logits.new_zeros(())
+        metrics: dict[str, Tensor] = {}
+        if cfg.entmin_weight > 0:
+            ent = entropy_loss(logits)
+            loss = loss + cfg.entmin_weight * ent
+            metrics["entmin_loss"] = ent.detach()
+        if cfg.cbl_weight > 0:
+            cbl = class_balance_loss(logits)
+            loss = loss + cfg.cbl_weight * cbl
+            metrics["cbl_loss"] = cbl.detach()
+        if cfg.mcc_weight > 0:
+            mcc = mcc_loss(logits, cfg.mcc_T)
+            loss = loss + cfg.mcc_weight * mcc
+            metrics["mcc_loss"] = mcc.detach()
+        return loss, metrics
+
+
+def entropy_loss(logits: Tensor) -> Tensor:
+    """Mean Shannon entropy (nats) of softmax(logits) over the rows: entropy minimisation
+    (Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004)."""
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def class_balance_loss(logits: Tensor) -> Tensor:
+    """Binary cross-entropy between the batch-mean prediction p̄ and the uniform distribution, averaged
+    over classes: −(1/C) Σ_c [(1/C) log p̄_c + (1 − 1/C) log(1 − p̄_c)] (French, Mackiewicz & Fisher,
+    "Self-ensembling for visual domain adaptation", ICLR 2018, arXiv:1706.05208). Penalises a batch whose
+    predictions collapse onto few classes."""
+    C = logits.shape[-1]
+    pbar = logits.softmax(-1).mean(0)  # (C,)
+    eps = torch.finfo(pbar.dtype).tiny
+    u = 1.0 / C
+    return -(u * pbar.clamp_min(eps).log() + (1 - u) * (1 - pbar).clamp_min(eps).log()).mean()
+
+
+def mcc_loss(logits: Tensor, T: float = 2.5) -> Tensor:
+    """Minimum Class Confusion (Jin, Wang, Long & Wang, "Minimum Class Confusion for Versatile Domain
+    Adaptation", ECCV 2020, arXiv:1912.03699): Ŷ = softmax(logits/T); sample weights
+    W_i = N(1 + e^{−H(Ŷ_i)}) / Σ_j (1 + e^{−H(Ŷ_j)}) (entropy detached, as the authors' code);
+    confusion C = Ŷᵀ diag(W) Ŷ, each column normalised to sum 1; loss = Σ of the off-diagonal / #classes."""
+    N, C = logits.shape
+    p = (logits / T).softmax(-1)  # (N, C)
+    h = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).detach()
+    w = 1 + torch.exp(-h)
+    w = N * w / w.sum()
+    conf = (p * w[:, None]).T @ p  # (C, C), symmetric
+    conf = conf / conf.sum(0, keepdim=True)
+    return (conf.sum() - conf.trace()) / C
+
+
+def acc(t: Tensor) -> Tensor:
+    """`t` in the accumulation dtype for losses: fp32 (from bf16/fp16 under AMP), fp64 kept (exact tests)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor) -> Tensor:
+    """Distribution alignment (ReMixMatch, AdaMatch, SoftMatch): probs · (p_target + ε) / (p_model + ε),
+    renormalised per row; ε = 1e-6 as the reference code."""
+    aligned = probs * (p_target + 1e-6) / (p_model + 1e-6)
+    return aligned / aligned.sum(-1, keepdim=True)
 
 
 def forward_cat(model: nn.Module, *xs: Tensor) -> tuple[Tensor, ...]:

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
+from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
 from fastssl.data.batch import SSLBatch
 from fastssl.kernels import pseudo_label_ce
-from fastssl.kernels.reference import acc_dtype
 
 
 @dataclasses.dataclass
@@ -46,9 +45,10 @@ class FixMatch(Algorithm):
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: FixMatchConfig = self.cfg
         logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(logits_lb.to(acc_dtype(logits_lb.dtype)), batch.y_lb)
+        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
         pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, cfg.tau, cfg.T, soft=not cfg.hard_label)
-        loss = sup_loss + cfg.lambda_u * pl.loss
+        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
+        loss = sup_loss + cfg.lambda_u * pl.loss + reg_loss
         metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb)}
+                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
         return StepOutput(loss, metrics, {"pseudo": pl.pseudo, "mask": pl.mask, "maxprob": pl.maxprob})

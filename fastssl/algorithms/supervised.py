@@ -8,13 +8,9 @@ import dataclasses
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
+from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
-from fastssl.kernels.reference import acc_dtype
 
-
-def upcast(t):
-    return t.to(acc_dtype(t.dtype))
 
 
 @dataclasses.dataclass
@@ -28,5 +24,5 @@ class Supervised(Algorithm):
     views = ViewSpec(num_weak=0, num_strong=0)
 
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
-        sup_loss = F.cross_entropy(upcast(model(batch.x_lb)), batch.y_lb)
+        sup_loss = F.cross_entropy(acc(model(batch.x_lb)), batch.y_lb)
         return StepOutput(sup_loss, {"sup_loss": sup_loss.detach()}, {})

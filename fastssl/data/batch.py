@@ -32,6 +32,9 @@ class SSLBatch(NamedTuple):
     """further weak views of the same unlabeled samples, each (μB, C, H, W) (MixMatch's K views)"""
     x_ulb_s_extra: tuple[Tensor, ...] = ()
     """further strong views, each (μB, C, H, W) (ReMixMatch's augmentation anchoring)"""
+    x_lb_s: Tensor | None = None
+    """(B, C, H, W) strong view of the labeled images, when the algorithm asks for it (`ViewSpec.lb_strong`:
+    DeFixMatch); None otherwise"""
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "SSLBatch":
         """Moves every tensor (a no-op for tensors already there)."""
@@ -40,6 +43,7 @@ class SSLBatch(NamedTuple):
             *(mv(t) for t in self[:6]),
             x_ulb_w_extra=tuple(mv(t) for t in self.x_ulb_w_extra),
             x_ulb_s_extra=tuple(mv(t) for t in self.x_ulb_s_extra),
+            x_lb_s=None if self.x_lb_s is None else mv(self.x_lb_s),
         )
 
 
@@ -50,3 +54,5 @@ class ViewSpec(NamedTuple):
     """weak views per unlabeled sample (MixMatch: K=2)"""
     num_strong: int = 1
     """strong views per unlabeled sample (0 for Π-model/MixMatch-style; ReMixMatch: 2)"""
+    lb_strong: bool = False
+    """the labeled pipeline also emits a strong view of each labeled image, `x_lb_s` (DeFixMatch)"""

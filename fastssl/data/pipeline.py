@@ -180,7 +180,7 @@ class TrainLoader:
         mean255, std255 = _norm_stats(mean, std, ch)
         self._specs = {}
         for key, stream, n, b, x, y, files, nw, ns in (
-            ("lb", _LB, n_lb, b_lb, lb_x, lb_y, lb_files, 1, 0),
+            ("lb", _LB, n_lb, b_lb, lb_x, lb_y, lb_files, 1, int(views.lb_strong)),
             ("ulb", _ULB, n_ulb, b_ulb, ulb_x, ulb_y, ulb_files, views.num_weak, views.num_strong),
         ):
             if nw + ns == 0:
@@ -210,12 +210,14 @@ class TrainLoader:
         return self
 
     def __next__(self) -> SSLBatch:
-        lb = [_to_torch(o) for o in self._pipes["lb"].run()]  # x_w (B,H,W,C), y, idx
+        lb = [_to_torch(o) for o in self._pipes["lb"].run()]  # x_w (B,H,W,C), [x_s,] y, idx
+        x_lb_s = _nchw(lb.pop(1)) if self.views.lb_strong else None
         if "ulb" not in self._pipes:  # no unlabeled views: empty, fixed-shape placeholders
             h, w = self.hw
             empty = torch.empty((0, self.channels, h, w), dtype=lb[0].dtype, device=lb[0].device)
             none = torch.empty(0, dtype=torch.int64, device=lb[1].device)
-            return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=empty, x_ulb_s=empty, idx_ulb=none, y_ulb=none)
+            return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=empty, x_ulb_s=empty, idx_ulb=none, y_ulb=none,
+                            x_lb_s=x_lb_s)
         ulb = [_to_torch(o) for o in self._pipes["ulb"].run()]
         nw, ns = self.views.num_weak, self.views.num_strong
         weak, strong = [_nchw(t) for t in ulb[:nw]], [_nchw(t) for t in ulb[nw:nw + ns]]
@@ -225,7 +227,7 @@ class TrainLoader:
             strong = [empty]
         return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=weak[0], x_ulb_s=strong[0],
                         idx_ulb=ulb[nw + ns + 1], y_ulb=ulb[nw + ns],
-                        x_ulb_w_extra=tuple(weak[1:]), x_ulb_s_extra=tuple(strong[1:]))
+                        x_ulb_w_extra=tuple(weak[1:]), x_ulb_s_extra=tuple(strong[1:]), x_lb_s=x_lb_s)
 
     def state_dict(self) -> dict:
         """DALI checkpoints of both pipelines (sampler position and every random op's state) taken after

@@ -5,6 +5,7 @@ steps), `evaluate` and `save` — each marked `# host sync`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from datetime import datetime
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastssl.algorithms import get_algorithm
@@ -25,6 +27,20 @@ from fastssl.train.ema import EMATeacher
 from fastssl.train.metrics import Progress, topk_correct
 from fastssl.train.optim import build_optimizer, lr_at, set_lr
 from fastssl.train.provenance import provenance
+
+
+class TrainStep(nn.Module):
+    """Model and algorithm as one module, so DDP all-reduces the gradients of both (ReMixMatch's rotation head
+    is the algorithm's) and the algorithm can call any of the raw model's methods (`forward_features`, `head`)
+    inside DDP's forward."""
+
+    def __init__(self, model: nn.Module, algorithm: nn.Module):
+        super().__init__()
+        self.model = model
+        self.algorithm = algorithm
+
+    def forward(self, batch, step_t):
+        return self.algorithm(self.model, batch, step_t)
 
 
 class Trainer:
@@ -47,12 +63,20 @@ class Trainer:
         self.model.to(self.device, memory_format=fmt)
         # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
         self.ema = EMATeacher(self.model)
-        self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
+        algo_cfg = cfg.algo
+        if getattr(algo_cfg, "rot_head_features", None) == 0:  # ReMixMatch: its head reads the model's features
+            algo_cfg = dataclasses.replace(algo_cfg, rot_head_features=self.model.num_features)
+        self.algorithm = algo_cls(algo_cfg, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
                                   total_steps=t.steps).to(self.device)
         if algo_cls.uses_teacher:
             self.algorithm.set_teacher(self.ema.module)
         self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device)
-        self.net = DDP(self.model, device_ids=[self.device] if cuda else None) if is_dist() else self.model
+        self.net = TrainStep(self.model, self.algorithm)
+        if is_dist():
+            # broadcast_buffers=False: BN statistics are made identical at each eval/checkpoint instead
+            # (_sync_buffers), and the algorithms keep their own buffers identical by gathering their updates,
+            # so nothing is broadcast per step (FlexMatch's per-sample state alone is 8 bytes × |unlabeled set|).
+            self.net = DDP(self.net, device_ids=[self.device] if cuda else None, broadcast_buffers=False)
         self.forward = (torch.compile(self._forward, mode=None if t.compile_mode == "default" else t.compile_mode)
                         if self.compiled else self._forward)
         self.ema_decay = torch.tensor(t.ema_decay, device=self.device)
@@ -72,17 +96,12 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------------
     def _forward(self, batch, step_t):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.algorithm(self.net, batch, step_t)
+            return self.net(batch, step_t)
 
     def train_step(self) -> None:
         batch = next(self._batches)
         out = self.forward(batch, self.step_t)
         out.loss.backward()
-        if is_dist():  # the algorithm's own parameters (e.g. ReMixMatch's rotation head) are not under DDP
-            for p in self.algorithm.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(self.world)
         set_lr(self.optimizer, lr_at(self.step, self.cfg.train.steps, self.cfg.optim))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -122,9 +141,9 @@ class Trainer:
     def _sync_buffers(self) -> None:
         """BatchNorm statistics from rank 0 into every rank's student and teacher.
 
-        DDP broadcasts rank 0's buffers at the start of each forward, then every rank updates them with its own
-        shard, so between steps they differ slightly. Before an evaluation or a checkpoint, rank 0's are made the
-        truth everywhere (as DDP's next forward would), so every rank evaluates the same teacher."""
+        Every rank updates its running statistics with its own shard, so between evaluations they differ
+        slightly. Before an evaluation or a checkpoint, rank 0's are made the truth everywhere, so every rank
+        evaluates the same teacher and a resumed run starts from what was saved."""
         if is_dist():
             for module in (self.model, self.ema.module):
                 for b in module.buffers():
