@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,9 @@ class Trainer:
         self.amp = t.amp == "bf16" or (t.amp == "auto" and cuda)
         self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and cuda)
         self.compiled = t.compile == "on" or (t.compile == "auto" and cuda)
+        if not cuda:  # OpenMP threads that outnumber the free cores spin against DALI's workers
+            free = (os.cpu_count() or 1) // self.world - cfg.data.num_threads
+            torch.set_num_threads(t.cpu_threads or max(1, free))
         algo_cls = get_algorithm(cfg.algo_name)
 
         self.data = build_data(cfg, algo_cls.views, rank=self.rank, world=self.world, device=self.device,
