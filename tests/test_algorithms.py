@@ -1,6 +1,7 @@
 """Contracts every registered algorithm must meet, parametrized over the whole registry `ALGORITHMS`.
 
-(1) the unlabeled term carries gradient (λ_u=1 vs λ_u=0 gradients differ; `supervised`: identical);
+(1) the unlabeled term carries gradient (λ_u=1 vs λ_u=0 gradients differ; `supervised`: identical), and so
+    do the add-on regularizers (`entmin_weight=1` vs 0; `supervised` refuses them);
 (2) forward (with its backward traced by AOT autograd) and `update_state` compile with no graph break;
 (3) `state_dict()` restores every buffer exactly after a few updates;
 (4) the state is identical on 2 gloo ranks fed different batches (one spawn for all algorithms);
@@ -124,6 +125,25 @@ def test_unlabeled_term_has_gradient(name):
         assert same, "supervised must not depend on lambda_u"
     else:
         assert not same, f"{name}: the unlabeled loss has no gradient (λ_u=1 gives the same grads as λ_u=0)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_regularizers_reach_every_algorithm(name):
+    """`entmin_weight=1` changes the gradient (the add-on is in the loss, on logits with gradient) and is
+    logged; cbl and MCC go through the same `Algorithm.regularizers` call. Unscaled logits: entropy of a
+    saturated softmax has an underflowing gradient. `supervised` has no unlabeled logits: it refuses."""
+    if name == "supervised":
+        for k in ("entmin_weight", "cbl_weight", "mcc_weight"):
+            with pytest.raises(ValueError, match="supervised uses no unlabeled data"):
+                make_algo(name, **{k: 1.0})
+        return
+    g0, m0 = grads_and_metrics(name, 1.0, scale=1.0)
+    g1, m1 = grads_and_metrics(name, 1.0, scale=1.0, entmin_weight=1.0)
+    assert not all(torch.equal(a, b) for a, b in zip(g1, g0)), f"{name}: entmin_weight=1 does not change the gradient"
+    assert "entmin_loss" in m1 and "entmin_loss" not in m0
+    assert torch.isfinite(m1["entmin_loss"]) and m1["entmin_loss"] > 0
+    _, m = grads_and_metrics(name, 1.0, scale=1.0, cbl_weight=1.0, mcc_weight=1.0)
+    assert {"cbl_loss", "mcc_loss"} <= m.keys(), f"{name}: cbl/mcc metrics missing"
 
 
 @pytest.mark.parametrize("name", NAMES)
