@@ -4,7 +4,10 @@ One step = the algorithm's forward (one forward over its concatenated views) + b
 `update_state`, on the same small CNN and batch for every algorithm, with the views each declares.
 Algorithms are timed interleaved, one step each per round, so that load drift on a shared machine hits
 all of them alike; the figure is the median over rounds after warm-up. Absolute times only mean something
-on the machine they were taken on: quote the ratios.
+on the machine they were taken on: quote the ratios. On a shared (oversubscribed) CPU use `--threads 1`:
+with 2 threads and a load of ~4 on the 2-core machines, every op waits for a descheduled worker thread
+and a fixed ~450 ms per step swamps the work (supervised 496 ms vs FixMatch 604 ms; with 1 thread
+8.3 ms vs 96 ms, measured back to back on 2026-11-21).
 
     python benchmarks/algo_rates.py [--rounds 30] [--warmup 5] [--batch 16] [--uratio 7] [--threads 2]
 """

@@ -302,6 +302,9 @@ VARIANTS = [
     ("uda", {"tsa_schedule": "exp"}),
     ("adamatch", {"hard_label": False}),
     ("defixmatch", {"hard_label": False}),
+    # the add-on regularizers in each Zoo B algorithm (placed on different logits in each)
+    *((n, {"entmin_weight": 0.1, "cbl_weight": 0.1, "mcc_weight": 0.1})
+      for n in ("ict", "meanteacher", "mixmatch", "pimodel", "remixmatch", "vat")),
 ]
 
 
@@ -311,6 +314,7 @@ def test_option_variants_compile(name, options):
     torch.manual_seed(0)
     model = TinyNet()
     algo = make_algo(name, **options)
+    attach_teacher(algo, model)
     batch = make_batch(type(algo))
     out = torch.compile(lambda b, s: algo(model, b, s), backend="aot_eager", fullgraph=True)(batch, torch.tensor(STEP))
     out.loss.backward()
