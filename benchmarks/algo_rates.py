@@ -4,7 +4,10 @@ One step = the algorithm's forward (one forward over its concatenated views) + b
 `update_state`, on the same small CNN and batch for every algorithm, with the views each declares.
 Algorithms are timed interleaved, one step each per round, so that load drift on a shared machine hits
 all of them alike; the figure is the median over rounds after warm-up. Absolute times only mean something
-on the machine they were taken on: quote the ratios.
+on the machine they were taken on: quote the ratios. On a shared (oversubscribed) CPU use `--threads 1`:
+with 2 threads and a load of ~4 on the 2-core machines, every op waits for a descheduled worker thread
+and a fixed ~450 ms per step swamps the work (supervised 496 ms vs FixMatch 604 ms; with 1 thread
+8.3 ms vs 96 ms, measured back to back on 2026-11-21).
 
     python benchmarks/algo_rates.py [--rounds 30] [--warmup 5] [--batch 16] [--uratio 7] [--threads 2]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import platform
 import statistics
 import subprocess
@@ -26,11 +30,26 @@ from fastssl.data.batch import SSLBatch
 C, HW = 10, 16
 
 
-def small_cnn() -> nn.Module:
-    def block(i, o):
-        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(128, C))
+class SmallCNN(nn.Module):
+    """Three conv blocks → pooled features (N, 128) → linear head. Exposes `forward_features`, `head` and
+    `num_features`, the model interface ReMixMatch's rotation head needs (as the models in fastssl.models)."""
+
+    num_features = 128
+
+    def __init__(self):
+        super().__init__()
+
+        def block(i, o):
+            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*block(3, 32), *block(32, 64), *block(64, self.num_features),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(self.num_features, C)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 def make_batch(cls, B: int, mu: int, num_ulb: int, g: torch.Generator) -> SSLBatch:
@@ -50,8 +69,11 @@ class Runner:
     def __init__(self, name: str, B: int, mu: int, total_steps: int):
         torch.manual_seed(0)
         cls = ALGORITHMS[name]
-        self.model = small_cnn()
-        self.algo = cls(cls.Config(), num_classes=C, num_ulb=4096, total_steps=total_steps)
+        self.model = SmallCNN()
+        cfg = cls.Config()
+        if getattr(cfg, "rot_head_features", None) == 0:  # as the trainer: ReMixMatch's head reads the features
+            cfg = dataclasses.replace(cfg, rot_head_features=self.model.num_features)
+        self.algo = cls(cfg, num_classes=C, num_ulb=4096, total_steps=total_steps)
         if cls.uses_teacher:
             self.algo.set_teacher(copy.deepcopy(self.model))
         params = list(self.model.parameters()) + list(self.algo.parameters())

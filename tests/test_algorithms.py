@@ -1,6 +1,7 @@
 """Contracts every registered algorithm must meet, parametrized over the whole registry `ALGORITHMS`.
 
-(1) the unlabeled term carries gradient (λ_u=1 vs λ_u=0 gradients differ; `supervised`: identical);
+(1) the unlabeled term carries gradient (λ_u=1 vs λ_u=0 gradients differ; `supervised`: identical), and so
+    do the add-on regularizers (`entmin_weight=1` vs 0; `supervised` refuses them);
 (2) forward (with its backward traced by AOT autograd) and `update_state` compile with no graph break;
 (3) `state_dict()` restores every buffer exactly after a few updates;
 (4) the state is identical on 2 gloo ranks fed different batches (one spawn for all algorithms);
@@ -13,6 +14,7 @@ from the first step (otherwise a masked unlabeled term would be zero and (1) wou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
 
@@ -35,19 +37,30 @@ class TinyNet(nn.Module):
 
     def __init__(self, scale: float = 50.0):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, C)
+        self.conv = nn.Conv2d(3, self.num_features, 3, padding=1)
+        self.bn = nn.BatchNorm2d(self.num_features)
+        self.fc = nn.Linear(self.num_features, C)
         self.scale = scale
 
-    def forward(self, x):
-        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+    num_features = 8
+    """width of `forward_features` (ReMixMatch's rotation head reads it)"""
+
+    def forward_features(self, x):
+        return torch.relu(self.bn(self.conv(x))).mean((2, 3))
+
+    def head(self, h):
         return self.fc(h) * self.scale
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
 
 
 def make_algo(name: str, **overrides):
     cls = ALGORITHMS[name]
-    return cls(cls.Config(**overrides), num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL)
+    cfg = cls.Config(**overrides)
+    if getattr(cfg, "rot_head_features", None) == 0:  # as the trainer: ReMixMatch's head reads the features
+        cfg = dataclasses.replace(cfg, rot_head_features=TinyNet.num_features)
+    return cls(cfg, num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL)
 
 
 PATTERNS = torch.randn(C, 3, HW, HW, generator=torch.Generator().manual_seed(123))
@@ -81,14 +94,27 @@ def attach_teacher(algo, model):
         algo.set_teacher(copy.deepcopy(model))
 
 
-def grads(name: str, lambda_u: float) -> list[torch.Tensor]:
-    torch.manual_seed(0)
-    model = TinyNet()
-    algo = make_algo(name, lambda_u=lambda_u)
+# Logit scale of the gradient test. A confidence-thresholded term is exactly 0 unless predictions reach τ,
+# so those algorithms are tested with confident (50x) logits. The unthresholded consistency losses are
+# tested with unscaled logits: at 50x both of Π-Model's / Mean Teacher's predictions are one-hot, the
+# softmax-MSE is ~1e-15 and its gradient p(1 − p)·(p − t) underflows to exactly 0 in fp32, a property of
+# saturated softmax, not a missing gradient path.
+UNTHRESHOLDED = {"entmin", "ict", "meanteacher", "mixmatch", "pimodel", "remixmatch", "supervised", "vat"}
+
+
+def grads(name: str, lambda_u: float, scale: float | None = None, **overrides) -> list[torch.Tensor]:
+    """The model's gradient after one step at STEP (past every ramp-up, so λ_u is at full weight)."""
+    return grads_and_metrics(name, lambda_u, scale, **overrides)[0]
+
+
+def grads_and_metrics(name, lambda_u, scale=None, **overrides):
+    torch.manual_seed(0)  # also fixes the step's own random draws (MixUp, rotations, VAT noise)
+    model = TinyNet(scale=scale if scale is not None else 1.0 if name in UNTHRESHOLDED else 50.0)
+    algo = make_algo(name, lambda_u=lambda_u, **overrides)
     attach_teacher(algo, model)
     out = algo(model, make_batch(type(algo), seed=1), torch.tensor(STEP))
     out.loss.backward()
-    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()], out.metrics
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -99,6 +125,25 @@ def test_unlabeled_term_has_gradient(name):
         assert same, "supervised must not depend on lambda_u"
     else:
         assert not same, f"{name}: the unlabeled loss has no gradient (λ_u=1 gives the same grads as λ_u=0)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_regularizers_reach_every_algorithm(name):
+    """`entmin_weight=1` changes the gradient (the add-on is in the loss, on logits with gradient) and is
+    logged; cbl and MCC go through the same `Algorithm.regularizers` call. Unscaled logits: entropy of a
+    saturated softmax has an underflowing gradient. `supervised` has no unlabeled logits: it refuses."""
+    if name == "supervised":
+        for k in ("entmin_weight", "cbl_weight", "mcc_weight"):
+            with pytest.raises(ValueError, match="supervised uses no unlabeled data"):
+                make_algo(name, **{k: 1.0})
+        return
+    g0, m0 = grads_and_metrics(name, 1.0, scale=1.0)
+    g1, m1 = grads_and_metrics(name, 1.0, scale=1.0, entmin_weight=1.0)
+    assert not all(torch.equal(a, b) for a, b in zip(g1, g0)), f"{name}: entmin_weight=1 does not change the gradient"
+    assert "entmin_loss" in m1 and "entmin_loss" not in m0
+    assert torch.isfinite(m1["entmin_loss"]) and m1["entmin_loss"] > 0
+    _, m = grads_and_metrics(name, 1.0, scale=1.0, cbl_weight=1.0, mcc_weight=1.0)
+    assert {"cbl_loss", "mcc_loss"} <= m.keys(), f"{name}: cbl/mcc metrics missing"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -225,10 +270,15 @@ def test_short_run_lowers_loss(name):
     params = list(model.parameters()) + list(algo.parameters())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     eval_batch = make_batch(type(algo), seed=999, noise=0.5)
-    steps = 40
+    # MixMatch: λ_u = 100 reaches full weight 40% into the run; in 40 steps that is 16 steps, before the
+    # labeled term has made its guesses useful (guess accuracy stays at chance, measured), so the model
+    # fits its own wrong guesses and the loss rises (2.24 → 2.41; with 80 steps 2.24 → 2.10).
+    steps = 80 if name == "mixmatch" else 40
 
     def eval_loss():
-        with torch.no_grad():
+        # same random draws (MixUp λ and permutation, rotations, VAT noise) before and after training
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(1234)
             return float(algo(model, eval_batch, torch.tensor(TOTAL - 1)).loss)
 
     before = eval_loss()
@@ -252,6 +302,9 @@ VARIANTS = [
     ("uda", {"tsa_schedule": "exp"}),
     ("adamatch", {"hard_label": False}),
     ("defixmatch", {"hard_label": False}),
+    # the add-on regularizers in each Zoo B algorithm (placed on different logits in each)
+    *((n, {"entmin_weight": 0.1, "cbl_weight": 0.1, "mcc_weight": 0.1})
+      for n in ("ict", "meanteacher", "mixmatch", "pimodel", "remixmatch", "vat")),
 ]
 
 
@@ -261,6 +314,7 @@ def test_option_variants_compile(name, options):
     torch.manual_seed(0)
     model = TinyNet()
     algo = make_algo(name, **options)
+    attach_teacher(algo, model)
     batch = make_batch(type(algo))
     out = torch.compile(lambda b, s: algo(model, b, s), backend="aot_eager", fullgraph=True)(batch, torch.tensor(STEP))
     out.loss.backward()

@@ -129,7 +129,7 @@ def test_flip_exact_and_probability():
     assert all(np.array_equal(o, RAMP[:, ::-1]) for o in always)
     never = _run_view(RAMP, lambda d: weak_view(d, AugmentConfig(flip_prob=0.0, crop_pad_frac=0.0), (32, 32)), 8)
     assert all(np.array_equal(o, RAMP) for o in never)
-    half = _run_view(RAMP, lambda d: weak_view(d, AugmentConfig(crop_pad_frac=0.0), (32, 32)), 256)
+    half = _run_view(RAMP, lambda d: weak_view(d, AugmentConfig(flip_prob=0.5, crop_pad_frac=0.0), (32, 32)), 256)
     flipped = np.mean([np.array_equal(o, RAMP[:, ::-1]) for o in half])
     assert 0.38 < flipped < 0.62  # Binomial(256, 0.5): ±3.7σ
 
@@ -185,7 +185,7 @@ def test_cutout_area_in_range():
 
 
 def test_strong_differs_from_weak_and_keeps_shape():
-    cfg = AugmentConfig()
+    cfg = AugmentConfig(flip_prob=0.5)
     x = _images()[0]
     w = _run_view(x, lambda d: weak_view(d, cfg, (32, 32)), 16)
     s = _run_view(x, lambda d: strong_view(d, cfg, (32, 32), 3), 16)

@@ -72,7 +72,7 @@ def test_algo_options_follow_algo_name():
     cfg = Config()
     apply_overrides(cfg, {"algo.name": "supervised", "algo.lambda_u": "0"})
     assert cfg.algo_name == "supervised" and not hasattr(cfg.algo, "tau")
-    with pytest.raises(ValueError, match="unknown option\(s\) --algo.tau; valid in this section: .*--algo.lambda_u"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) --algo.tau; valid in this section: .*--algo.lambda_u"):
         apply_overrides(cfg, {"algo.tau": "0.5"})
 
 

@@ -10,7 +10,7 @@ from fastssl.data.pipeline import EpochSampler, EvalLoader, TrainLoader
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 NO_AUG = AugmentConfig(flip_prob=0.0, crop_pad_frac=0.0, num_ops=0, cutout_max_frac=0.0)
-SMALL_POOL = AugmentConfig(ops=("Identity", "Rotate", "Solarize", "Equalize"), num_ops=2)  # quick to build
+SMALL_POOL = AugmentConfig(ops=("Identity", "Rotate", "Solarize", "Equalize"), num_ops=2, flip_prob=0.5)  # quick to build
 
 
 def _data(n, hw=8, seed=0):
@@ -89,9 +89,9 @@ def test_ranks_get_their_share_and_disjoint_indices():
 
 
 def test_seeded_reproducibility():
-    a, _, _ = _loader(aug=AugmentConfig(ops=("Rotate", "Solarize")))
-    b, _, _ = _loader(aug=AugmentConfig(ops=("Rotate", "Solarize")))
-    c, _, _ = _loader(aug=AugmentConfig(ops=("Rotate", "Solarize")), seed=8)
+    a, _, _ = _loader(aug=AugmentConfig(ops=("Rotate", "Solarize"), flip_prob=0.5))
+    b, _, _ = _loader(aug=AugmentConfig(ops=("Rotate", "Solarize"), flip_prob=0.5))
+    c, _, _ = _loader(aug=AugmentConfig(ops=("Rotate", "Solarize"), flip_prob=0.5), seed=8)
     ba, bb, bc = next(iter(a)), next(iter(b)), next(iter(c))
     for ta, tb in zip(ba[:6], bb[:6]):
         assert torch.equal(ta, tb)
@@ -106,11 +106,11 @@ def _take(loader, k):
 def test_exact_resume_from_checkpoint():
     """Full FixMatch pool: k batches, checkpoint, k more == restore in a fresh loader, k more (bit-exact),
     across an epoch boundary of the labeled set (20 samples, 4 per batch)."""
-    loader, _, _ = _loader(aug=AugmentConfig(), views=ViewSpec(2, 1))
+    loader, _, _ = _loader(aug=AugmentConfig(flip_prob=0.5), views=ViewSpec(2, 1))
     _take(loader, 3)
     state = loader.state_dict()
     expected = _take(loader, 6)
-    fresh, _, _ = _loader(aug=AugmentConfig(), views=ViewSpec(2, 1))
+    fresh, _, _ = _loader(aug=AugmentConfig(flip_prob=0.5), views=ViewSpec(2, 1))
     fresh.load_state_dict(state)
     got = _take(fresh, 6)
     for e, g in zip(expected, got):
@@ -189,7 +189,7 @@ def test_image_folder_train_and_eval(tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_loader_hands_cuda_tensors_without_copy():
-    loader, x, y = _loader(aug=AugmentConfig(), device=torch.device("cuda"))
+    loader, x, y = _loader(aug=AugmentConfig(flip_prob=0.5), device=torch.device("cuda"))
     b = next(iter(loader))
     assert all(t.is_cuda for t in b[:6])
     assert b.x_ulb_s.is_contiguous(memory_format=torch.channels_last)

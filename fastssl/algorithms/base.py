@@ -91,8 +91,11 @@ class Algorithm(nn.Module):
 
     def regularizers(self, logits_ulb: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The opt-in add-ons (`entmin_weight`, `cbl_weight`, `mcc_weight`) on `logits_ulb` (N, C), the
-        unlabeled weak view's logits *with* gradient. Returns (weighted sum to add to the loss, metrics).
-        Every algorithm adds this to its loss; with all weights 0 it is a constant 0 and adds nothing to
+        unlabeled weak view's logits *with* gradient (where an algorithm has no weak-view pass with gradient,
+        the unlabeled logits that carry it, named in its forward: Mean Teacher the student's second weak
+        view, MixMatch and ICT the mixed unlabeled rows, ReMixMatch the first strong view). Returns
+        (weighted sum to add to the loss, metrics). Every SSL algorithm adds this to its loss (`supervised`
+        has no unlabeled logits and rejects nonzero weights); with all weights 0 it is a constant 0 and adds nothing to
         the graph (the branches read the config, never tensor values)."""
         cfg = self.cfg
         logits = acc(logits_ulb)

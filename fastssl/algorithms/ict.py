@@ -73,6 +73,10 @@ class ICT(Algorithm):
         sup_loss = soft_ce(logits_lb, y_lb).mean()
         unsup_loss = mse(logits_u, target_u).mean()
         weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, "sigmoid")
-        loss = sup_loss + weight * unsup_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight}
+        # add-ons on the student's mixed unlabeled rows: the only unlabeled logits with gradient (the weak
+        # view itself goes through the teacher only)
+        reg_loss, reg_metrics = self.regularizers(logits_u)
+        loss = sup_loss + weight * unsup_loss + reg_loss
+        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
+                   **reg_metrics}
         return StepOutput(loss, metrics, {})

@@ -76,6 +76,9 @@ class MeanTeacher(Algorithm):
         sup_loss = F.cross_entropy(upcast(logits_lb), batch.y_lb)
         unsup_loss = DISTANCES[cfg.consistency](logits_ulb_student, probs_teacher).mean()
         weight = unsup_weight(self, step)
-        loss = sup_loss + weight * unsup_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight}
+        # add-ons on the student's weak view (the second one): x_ulb_w goes to the teacher, without gradient
+        reg_loss, reg_metrics = self.regularizers(logits_ulb_student)
+        loss = sup_loss + weight * unsup_loss + reg_loss
+        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
+                   **reg_metrics}
         return StepOutput(loss, metrics, {})

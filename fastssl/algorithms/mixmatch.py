@@ -76,8 +76,11 @@ class MixMatch(Algorithm):
         sup_loss = soft_ce(logits[:B], mixed_y[:B]).mean()
         unsup_loss = mse(logits[B:], mixed_y[B:]).mean()
         weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
-        loss = sup_loss + weight * unsup_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
+        # add-ons on the mixed unlabeled rows: the only unlabeled logits with gradient (the weak views'
+        # label-guessing pass runs without gradient)
+        reg_loss, reg_metrics = self.regularizers(logits[B:])
+        loss = sup_loss + weight * unsup_loss + reg_loss
+        metrics = {**reg_metrics, "sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
                    "mixup_lambda": lam.detach().float(),
                    "guess_acc": (guess.argmax(-1) == batch.y_ulb).float().mean()}
         return StepOutput(loss, metrics, {})

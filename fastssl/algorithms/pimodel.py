@@ -39,6 +39,10 @@ class PiModel(Algorithm):
         target = upcast(logits_w1.detach()).softmax(-1)
         unsup_loss = DISTANCES[cfg.consistency](logits_w2, target).mean()
         weight = unsup_weight(self, step)
-        loss = sup_loss + weight * unsup_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight}
+        # add-ons on the first weak view (x_ulb_w), as the threshold family: its logits carry gradient here
+        # although the consistency term uses them only as the detached target
+        reg_loss, reg_metrics = self.regularizers(logits_w1)
+        loss = sup_loss + weight * unsup_loss + reg_loss
+        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
+                   **reg_metrics}
         return StepOutput(loss, metrics, {})

@@ -118,8 +118,11 @@ class ReMixMatch(Algorithm):
         unsup_loss = soft_ce(logits_mixed[B:], mixed_y[B:]).mean()
         pre_loss = soft_ce(logits_s1, guess).mean()
         ramp = ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
-        loss = sup_loss + ramp * (cfg.lambda_u * unsup_loss + cfg.lambda_kl * pre_loss)
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(),
+        # add-ons on the un-mixed first strong view: the weak view's pass (the guess) has no gradient, and
+        # a strong view is a real image where a mixed row is not (entropy of a MixUp is meant to be high)
+        reg_loss, reg_metrics = self.regularizers(logits_s1)
+        loss = sup_loss + ramp * (cfg.lambda_u * unsup_loss + cfg.lambda_kl * pre_loss) + reg_loss
+        metrics = {**reg_metrics, "sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(),
                    "pre_mixup_loss": pre_loss.detach(), "unsup_weight": cfg.lambda_u * ramp,
                    "guess_acc": (guess.argmax(-1) == batch.y_ulb).float().mean()}
         if self.rot_head is not None:

@@ -15,7 +15,13 @@ from fastssl.data.batch import SSLBatch, ViewSpec
 
 @dataclasses.dataclass
 class SupervisedConfig(AlgorithmConfig):
-    pass
+    def __post_init__(self):
+        # the add-ons act on unlabeled predictions, and this baseline reads none: refuse rather than ignore
+        on = [f"--algo.{k}={getattr(self, k)}" for k in ("entmin_weight", "cbl_weight", "mcc_weight")
+              if getattr(self, k) != 0]
+        if on:
+            raise ValueError(f"{', '.join(on)}: supervised uses no unlabeled data, so the unlabeled "
+                             "regularizers do nothing; set them to 0 or pick an SSL algorithm")
 
 
 class Supervised(Algorithm):

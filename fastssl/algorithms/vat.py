@@ -100,7 +100,9 @@ class VAT(Algorithm):
         unsup_loss = kl(forward_batch_stats(model, batch.x_ulb_w + r_adv), target).mean()
         ent_loss = entropy(logits_ulb).mean()
         weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
-        loss = sup_loss + weight * unsup_loss + cfg.lambda_ent * ent_loss
+        # add-ons on the clean weak view, the logits `lambda_ent` reads too (entmin_weight adds to lambda_ent)
+        reg_loss, reg_metrics = self.regularizers(logits_ulb)
+        loss = sup_loss + weight * unsup_loss + cfg.lambda_ent * ent_loss + reg_loss
         metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
-                   "ent_loss": ent_loss.detach()}
+                   "ent_loss": ent_loss.detach(), **reg_metrics}
         return StepOutput(loss, metrics, {})
