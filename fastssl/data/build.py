@@ -61,10 +61,6 @@ def build_data(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: t
     common = dict(mean=ds.mean, std=ds.std, rank=rank, world_size=world, device=device, num_threads=d.num_threads)
     if files:
         common["image_size"] = image_size
-    _, rem = divmod(d.batch_size, world)
-    if rem:
-        raise ValueError(f"--data.batch_size={d.batch_size} is the global batch and must divide evenly across "
-                         f"{world} ranks; use a multiple of {world}")
     aug = cfg.aug
     if aug.flip_prob is None:
         aug = dataclasses.replace(aug, flip_prob=0.0 if d.name in NO_FLIP else 0.5)
