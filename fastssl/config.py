@@ -267,6 +267,17 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def as_typed(value: Any) -> str:
+    """A value the way it is written on the command line (the inverse of `_parse_value`)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(as_typed(v) for v in value)
+    return str(value)
+
+
 def describe(cfg: Config) -> list[tuple[str, str, str]]:
     """(option, default, meaning) for every option, for --help."""
     rows = [("--algo.name", cfg.algo_name, f"algorithm: {', '.join(sorted(ALGORITHMS))}")]
@@ -274,5 +285,5 @@ def describe(cfg: Config) -> list[tuple[str, str, str]]:
         obj = cfg.algo if section == "algo" else getattr(cfg, section)
         docs = field_docs(type(obj))
         for f in dataclasses.fields(obj):
-            rows.append((f"--{section}.{f.name}", json.dumps(getattr(obj, f.name)), docs.get(f.name, "")))
+            rows.append((f"--{section}.{f.name}", as_typed(getattr(obj, f.name)), docs.get(f.name, "")))
     return rows

@@ -79,3 +79,12 @@ def test_algo_options_follow_algo_name():
 def test_info_lists_registries(capsys):
     code, out, _ = run_cli(capsys, "info")
     assert code == 0 and "fixmatch" in out and "supervised" in out and "cifar10_fixmatch_40" in out
+
+
+def test_help_defaults_parse_back_to_themselves():
+    """Every default shown by --help, typed back on the command line, gives the same config."""
+    cfg = Config()
+    typed = {opt[2:]: default for opt, default, _ in describe(cfg)}
+    again = Config()
+    apply_overrides(again, typed)
+    assert again.to_dict() == cfg.to_dict()
