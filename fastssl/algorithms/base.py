@@ -20,6 +20,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fastssl.algorithms.losses import acc, entropy  # noqa: F401 (acc re-exported for the algorithms)
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -119,8 +120,7 @@ class Algorithm(nn.Module):
 def entropy_loss(logits: Tensor) -> Tensor:
     """Mean Shannon entropy (nats) of softmax(logits) over the rows: entropy minimisation
     (Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004)."""
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1).mean()
+    return entropy(logits).mean()
 
 
 def class_balance_loss(logits: Tensor) -> Tensor:
@@ -148,11 +148,6 @@ def mcc_loss(logits: Tensor, T: float = 2.5) -> Tensor:
     conf = (p * w[:, None]).T @ p  # (C, C), symmetric
     conf = conf / conf.sum(0, keepdim=True)
     return (conf.sum() - conf.trace()) / C
-
-
-def acc(t: Tensor) -> Tensor:
-    """`t` in the accumulation dtype for losses: fp32 (from bf16/fp16 under AMP), fp64 kept (exact tests)."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, soft_ce, upcast
+from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, soft_ce, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -61,7 +61,7 @@ class ICT(Algorithm):
         cfg: ICTConfig = self.cfg
         x_u = batch.x_ulb_w
         with torch.no_grad():
-            probs_t = upcast(forward_batch_stats(self.teacher, x_u)).softmax(-1)  # (μB, C)
+            probs_t = acc(forward_batch_stats(self.teacher, x_u)).softmax(-1)  # (μB, C)
         lam_u, perm_u = self.sample_mix(x_u.shape[0], x_u, cfg.mixup_alpha)
         mixed_u, target_u = mixup(x_u, probs_t, lam_u, perm_u)
         y_lb = F.one_hot(batch.y_lb, self.num_classes).to(probs_t.dtype)

@@ -15,33 +15,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastssl.kernels.reference import acc_dtype
 
-def upcast(logits: Tensor) -> Tensor:
-    """bf16/fp16 logits → fp32 for the softmax; fp32 and fp64 pass through (the tests compare in fp64)."""
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+def acc(t: Tensor) -> Tensor:
+    """`t` in the accumulation dtype for losses: bf16/fp16 (under AMP) → fp32; fp32 and fp64 pass through
+    (the tests compare in fp64). The one place this rule lives (kernels/reference.py: `acc_dtype`)."""
+    return t.to(acc_dtype(t.dtype))
 
 
 def mse(logits: Tensor, target: Tensor) -> Tensor:
     """Squared error between softmax(logits) and `target`, averaged over the C classes: (N,).
 
     The 1/C average is MixMatch's L_U = 1/(C|U'|) Σ ||q − p||² and Mean Teacher's softmax MSE."""
-    return (upcast(logits).softmax(-1) - target).square().mean(-1)
+    return (acc(logits).softmax(-1) - target).square().mean(-1)
 
 
 def l1(logits: Tensor, target: Tensor) -> Tensor:
     """Absolute error between softmax(logits) and `target`, averaged over the classes: (N,)."""
-    return (upcast(logits).softmax(-1) - target).abs().mean(-1)
+    return (acc(logits).softmax(-1) - target).abs().mean(-1)
 
 
 def kl(logits: Tensor, target: Tensor) -> Tensor:
     """KL(target ‖ softmax(logits)) = Σ_c t_c (log t_c − log p_c): (N,), ≥ 0."""
-    log_p = upcast(logits).log_softmax(-1)
+    log_p = acc(logits).log_softmax(-1)
     return (torch.xlogy(target, target) - target * log_p).sum(-1)
 
 
 def js(logits: Tensor, target: Tensor) -> Tensor:
     """Jensen–Shannon divergence ½ KL(t ‖ m) + ½ KL(p ‖ m), m = (t + p)/2, p = softmax(logits): (N,), in [0, log 2]."""
-    log_p = upcast(logits).log_softmax(-1)
+    log_p = acc(logits).log_softmax(-1)
     p = log_p.exp()
     m = 0.5 * (target + p)
     kl_t = (torch.xlogy(target, target) - torch.xlogy(target, m)).sum(-1)
@@ -55,12 +58,12 @@ DISTANCES = {"mse": mse, "l1": l1, "kl": kl, "js": js}
 
 def soft_ce(logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy with a soft target, −Σ_c t_c log softmax(logits)_c: (N,)."""
-    return -(target * upcast(logits).log_softmax(-1)).sum(-1)
+    return -(target * acc(logits).log_softmax(-1)).sum(-1)
 
 
 def entropy(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits), −Σ p log p: (N,)."""
-    log_p = upcast(logits).log_softmax(-1)
+    log_p = acc(logits).log_softmax(-1)
     return -(log_p.exp() * log_p).sum(-1)
 
 
@@ -125,4 +128,4 @@ def rotate90(x: Tensor, k: Tensor) -> Tensor:
 
 
 __all__ = ["DISTANCES", "entropy", "js", "kl", "l1", "mixup", "mixup_lambda", "mse", "ramp_up",
-           "random_permutation", "rotate90", "sharpen", "soft_ce", "upcast"]
+           "random_permutation", "rotate90", "sharpen", "soft_ce", "acc"]

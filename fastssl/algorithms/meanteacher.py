@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import DISTANCES, ramp_up, upcast
+from fastssl.algorithms.losses import DISTANCES, ramp_up, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -72,8 +72,8 @@ class MeanTeacher(Algorithm):
         cfg: MeanTeacherConfig = self.cfg
         logits_lb, logits_ulb_student = forward_cat(model, batch.x_lb, batch.x_ulb_w_extra[0])
         with torch.no_grad():
-            probs_teacher = upcast(forward_batch_stats(self.teacher, batch.x_ulb_w)).softmax(-1)
-        sup_loss = F.cross_entropy(upcast(logits_lb), batch.y_lb)
+            probs_teacher = acc(forward_batch_stats(self.teacher, batch.x_ulb_w)).softmax(-1)
+        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
         unsup_loss = DISTANCES[cfg.consistency](logits_ulb_student, probs_teacher).mean()
         weight = unsup_weight(self, step)
         # add-ons on the student's weak view (the second one): x_ulb_w goes to the teacher, without gradient

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, sharpen, soft_ce, upcast
+from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, sharpen, soft_ce, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -64,7 +64,7 @@ class MixMatch(Algorithm):
         x_w1, x_w2 = batch.x_ulb_w, batch.x_ulb_w_extra[0]
         B, n = batch.x_lb.shape[0], x_w1.shape[0]
         with torch.no_grad():
-            logits_w = upcast(forward_batch_stats(model, torch.cat([x_w1, x_w2])))
+            logits_w = acc(forward_batch_stats(model, torch.cat([x_w1, x_w2])))
             probs_w1, probs_w2 = logits_w.softmax(-1).split(n)  # (μB, C) each
             guess = sharpen(0.5 * (probs_w1 + probs_w2), cfg.T)
         y_lb = F.one_hot(batch.y_lb, self.num_classes).to(guess.dtype)

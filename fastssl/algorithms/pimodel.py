@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, StepOutput, forward_cat
-from fastssl.algorithms.losses import DISTANCES, upcast
+from fastssl.algorithms.losses import DISTANCES, acc
 from fastssl.algorithms.meanteacher import ConsistencyConfig, unsup_weight
 from fastssl.data.batch import SSLBatch, ViewSpec
 
@@ -35,8 +35,8 @@ class PiModel(Algorithm):
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: PiModelConfig = self.cfg
         logits_lb, logits_w1, logits_w2 = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_w_extra[0])
-        sup_loss = F.cross_entropy(upcast(logits_lb), batch.y_lb)
-        target = upcast(logits_w1.detach()).softmax(-1)
+        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
+        target = acc(logits_w1.detach()).softmax(-1)
         unsup_loss = DISTANCES[cfg.consistency](logits_w2, target).mean()
         weight = unsup_weight(self, step)
         # add-ons on the first weak view (x_ulb_w), as the threshold family: its logits carry gradient here

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
 from fastssl.algorithms.losses import (mixup, mixup_lambda, ramp_up, random_permutation, rotate90, sharpen,
-                                       soft_ce, upcast)
+                                       soft_ce, acc)
 from fastssl.data.batch import SSLBatch, ViewSpec
 from fastssl.train.distributed import all_reduce_sum, world_size
 
@@ -99,7 +99,7 @@ class ReMixMatch(Algorithm):
         x_s1, x_s2 = batch.x_ulb_s, batch.x_ulb_s_extra[0]
         B, n = batch.x_lb.shape[0], batch.x_ulb_w.shape[0]
         with torch.no_grad():
-            probs_w = upcast(forward_batch_stats(model, batch.x_ulb_w)).softmax(-1)  # (μB, C)
+            probs_w = acc(forward_batch_stats(model, batch.x_ulb_w)).softmax(-1)  # (μB, C)
             guess = sharpen(self.align(probs_w), cfg.T)
         y_lb = F.one_hot(batch.y_lb, self.num_classes).to(guess.dtype)
         inputs = torch.cat([batch.x_lb, x_s1, x_s2, batch.x_ulb_w])  # (B + 3μB, C, H, W)
@@ -126,7 +126,7 @@ class ReMixMatch(Algorithm):
                    "pre_mixup_loss": pre_loss.detach(), "unsup_weight": cfg.lambda_u * ramp,
                    "guess_acc": (guess.argmax(-1) == batch.y_ulb).float().mean()}
         if self.rot_head is not None:
-            rot_logits = upcast(self.rot_head(feats[m + n:]))
+            rot_logits = acc(self.rot_head(feats[m + n:]))
             rot_loss = F.cross_entropy(rot_logits, rot)
             loss = loss + cfg.lambda_rot * rot_loss
             metrics["rot_loss"] = rot_loss.detach()

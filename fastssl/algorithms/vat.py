@@ -36,7 +36,7 @@ from torch.func import grad
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import entropy, kl, ramp_up, upcast
+from fastssl.algorithms.losses import entropy, kl, ramp_up, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -82,7 +82,7 @@ class VAT(Algorithm):
         d = self.sample_noise(x)
         with torch.autocast(x.device.type, enabled=False):
             with torch.no_grad():
-                target = upcast(forward_batch_stats(model, x)).softmax(-1)  # same precision as below
+                target = acc(forward_batch_stats(model, x)).softmax(-1)  # same precision as below
 
             def divergence(r: Tensor) -> Tensor:
                 return kl(forward_batch_stats(model, x + r), target).sum()
@@ -93,9 +93,9 @@ class VAT(Algorithm):
 
     def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: VATConfig = self.cfg
-        sup_loss = F.cross_entropy(upcast(model(batch.x_lb)), batch.y_lb)
+        sup_loss = F.cross_entropy(acc(model(batch.x_lb)), batch.y_lb)
         logits_ulb = forward_batch_stats(model, batch.x_ulb_w)
-        target = upcast(logits_ulb.detach()).softmax(-1)
+        target = acc(logits_ulb.detach()).softmax(-1)
         r_adv = self.adversarial_perturbation(model, batch.x_ulb_w)
         unsup_loss = kl(forward_batch_stats(model, batch.x_ulb_w + r_adv), target).mean()
         ent_loss = entropy(logits_ulb).mean()
