@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import platform
 import statistics
 import subprocess
@@ -70,10 +69,8 @@ class Runner:
         torch.manual_seed(0)
         cls = ALGORITHMS[name]
         self.model = SmallCNN()
-        cfg = cls.Config()
-        if getattr(cfg, "rot_head_features", None) == 0:  # as the trainer: ReMixMatch's head reads the features
-            cfg = dataclasses.replace(cfg, rot_head_features=self.model.num_features)
-        self.algo = cls(cfg, num_classes=C, num_ulb=4096, total_steps=total_steps)
+        self.algo = cls(cls.Config(), num_classes=C, num_ulb=4096, total_steps=total_steps,
+                        num_features=self.model.num_features)
         if cls.uses_teacher:
             self.algo.set_teacher(copy.deepcopy(self.model))
         params = list(self.model.parameters()) + list(self.algo.parameters())

@@ -14,7 +14,6 @@ from the first step (otherwise a masked unlabeled term would be zero and (1) wou
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import tempfile
 
@@ -57,10 +56,8 @@ class TinyNet(nn.Module):
 
 def make_algo(name: str, **overrides):
     cls = ALGORITHMS[name]
-    cfg = cls.Config(**overrides)
-    if getattr(cfg, "rot_head_features", None) == 0:  # as the trainer: ReMixMatch's head reads the features
-        cfg = dataclasses.replace(cfg, rot_head_features=TinyNet.num_features)
-    return cls(cfg, num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL)
+    return cls(cls.Config(**overrides), num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL,
+               num_features=TinyNet.num_features)
 
 
 PATTERNS = torch.randn(C, 3, HW, HW, generator=torch.Generator().manual_seed(123))

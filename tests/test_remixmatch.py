@@ -9,11 +9,11 @@ from fastssl.algorithms import ALGORITHMS
 from fastssl.algorithms.remixmatch import ReMixMatch
 from zoo_b_helpers import grad_with_lambda, make_batch, softmax_row, tiny
 
-INIT = dict(num_classes=5, num_ulb=64, total_steps=640)
+INIT = dict(num_classes=5, num_ulb=64, total_steps=640, num_features=6)
 
 
 def _algo(**kw):
-    cfg = ReMixMatch.Config(**{"rot_head_features": 6, **kw})
+    cfg = ReMixMatch.Config(**kw)
     torch.manual_seed(5)
     return ReMixMatch(cfg, **INIT).double()
 
@@ -25,9 +25,10 @@ def _ce_row(logits, target):
 def test_registered_views_and_rotation_head_needs_the_feature_width():
     assert ALGORITHMS["remixmatch"] is ReMixMatch
     assert ReMixMatch.views.num_weak == 1 and ReMixMatch.views.num_strong == 2
-    with pytest.raises(ValueError, match="rot_head_features=model.num_features"):
-        ReMixMatch(ReMixMatch.Config(), **INIT)
-    assert ReMixMatch(ReMixMatch.Config(lambda_rot=0.0), **INIT).rot_head is None
+    no_width = {k: v for k, v in INIT.items() if k != "num_features"}
+    with pytest.raises(ValueError, match="num_features=model.num_features"):
+        ReMixMatch(ReMixMatch.Config(), **no_width)
+    assert ReMixMatch(ReMixMatch.Config(lambda_rot=0.0), **no_width).rot_head is None
     algo = _algo()
     assert {n for n, _ in algo.named_parameters()} == {"rot_head.weight", "rot_head.bias"}
     assert set(algo.state_dict()) >= {"p_model_hist", "p_target"}
@@ -109,7 +110,7 @@ def test_rotation_labels_and_lambda_matters_and_compiles():
     model = tiny(bn=True)
     batch = make_batch(ReMixMatch.views)
     step = torch.tensor(1000)
-    kw = {"rot_head_features": 6}
+    kw = {}
     g1 = grad_with_lambda(ReMixMatch, kw, model, batch, step, lambda_u=1.0, **INIT)
     g0 = grad_with_lambda(ReMixMatch, kw, model, batch, step, lambda_u=0.0, **INIT)
     assert any((a - b).abs().max() > 1e-8 for a, b in zip(g1, g0))

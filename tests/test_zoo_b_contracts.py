@@ -19,9 +19,7 @@ INIT = dict(num_classes=5, num_ulb=64, total_steps=100)
 
 def _build(name, **cfg):
     cls = ALGORITHMS[name]
-    if name == "remixmatch":
-        cfg.setdefault("rot_head_features", 6)
-    return cls(cls.Config(**cfg), **INIT)
+    return cls(cls.Config(**cfg), **INIT, num_features=6)
 
 
 @pytest.mark.parametrize("name", NAMES)

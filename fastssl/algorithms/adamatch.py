@@ -45,8 +45,10 @@ class AdaMatch(Algorithm):
     name = "adamatch"
     Config = AdaMatchConfig
 
-    def __init__(self, cfg: AdaMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps)
+    def __init__(self, cfg: AdaMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
+        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
+                         num_features=num_features)
         C = num_classes
         self.register_buffer("p_model", torch.full((C,), 1.0 / C))
         """EMA of the mean unlabeled weak-view prediction (the first batch's mean at first)"""

@@ -61,9 +61,12 @@ class Algorithm(nn.Module):
     uses_teacher: ClassVar[bool] = False
     """True if `forward` reads the EMA teacher (Mean Teacher, ICT): the trainer then calls `set_teacher`"""
 
-    def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
+    def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
         """`num_ulb`: size of the (global) unlabeled set, for per-sample state; `total_steps`: the run's
-        length K, for ramps and warm-ups defined as fractions of training."""
+        length K, for ramps and warm-ups defined as fractions of training; `num_features`: the model's pooled
+        feature width (`model.num_features`), for algorithms with heads of their own (ReMixMatch's rotation
+        head); 0 = not given."""
         super().__init__()
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
@@ -71,6 +74,7 @@ class Algorithm(nn.Module):
         self.num_classes = num_classes
         self.num_ulb = num_ulb
         self.total_steps = total_steps
+        self.num_features = num_features
         self._teacher: list[nn.Module] = []  # a list, so the teacher is not registered as a submodule
 
     def set_teacher(self, teacher: nn.Module) -> None:

@@ -56,8 +56,10 @@ class Dash(Algorithm):
     name = "dash"
     Config = DashConfig
 
-    def __init__(self, cfg: DashConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps)
+    def __init__(self, cfg: DashConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
+        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
+                         num_features=num_features)
         self.warmup_steps = int(cfg.warmup_frac * total_steps)
         self.update_every = max(1, int(cfg.rho_update_frac * total_steps))
         self.register_buffer("rho_init", torch.tensor(math.log(num_classes)))

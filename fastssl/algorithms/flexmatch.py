@@ -82,8 +82,10 @@ class FlexMatch(Algorithm):
     name = "flexmatch"
     Config = FlexMatchConfig
 
-    def __init__(self, cfg: FlexMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps)
+    def __init__(self, cfg: FlexMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
+        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
+                         num_features=num_features)
         self.register_buffer("selected_label", torch.full((num_ulb,), -1, dtype=torch.long))
         """(num_ulb,) class each unlabeled sample was last predicted as with confidence ≥ τ; −1 = never"""
         self.register_buffer("classwise_acc", torch.zeros(num_classes))

@@ -66,8 +66,10 @@ class FreeMatch(Algorithm):
     name = "freematch"
     Config = FreeMatchConfig
 
-    def __init__(self, cfg: FreeMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps)
+    def __init__(self, cfg: FreeMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
+        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
+                         num_features=num_features)
         self.register_buffer("time_p", torch.tensor(1.0 / num_classes))
         """global confidence τ_t (EMA of the mean max-probability), starts at 1/C"""
         self.register_buffer("p_model", torch.full((num_classes,), 1.0 / num_classes))

@@ -57,8 +57,6 @@ class ReMixMatchConfig(AlgorithmConfig):
     """λ_u and λ_kl ramp up linearly over this fraction of train.steps"""
     da_len: int = 128
     """distribution alignment: p̃(y) is the mean model prediction over the last da_len steps"""
-    rot_head_features: int = 0
-    """input width of the rotation head; the trainer sets it to model.num_features (0 = not set)"""
 
     def __post_init__(self):
         if not self.T > 0 or not self.mixup_alpha > 0 or self.da_len < 1:
@@ -71,12 +69,14 @@ class ReMixMatch(Algorithm):
     Config = ReMixMatchConfig
     views = ViewSpec(num_weak=1, num_strong=2)
 
-    def __init__(self, cfg: ReMixMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps)
-        if cfg.lambda_rot > 0 and cfg.rot_head_features < 1:
-            raise ValueError("ReMixMatch's rotation head needs --algo.rot_head_features=model.num_features "
-                             "(the trainer sets it), or --algo.lambda_rot=0 to train without rotation loss")
-        self.rot_head = nn.Linear(cfg.rot_head_features, 4) if cfg.lambda_rot > 0 else None
+    def __init__(self, cfg: ReMixMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
+        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
+                         num_features=num_features)
+        if cfg.lambda_rot > 0 and num_features < 1:
+            raise ValueError("ReMixMatch's rotation head reads the model's features: construct it with "
+                             "num_features=model.num_features (the trainer does), or set --algo.lambda_rot=0")
+        self.rot_head = nn.Linear(num_features, 4) if cfg.lambda_rot > 0 else None
         self.register_buffer("p_model_hist", torch.full((cfg.da_len, num_classes), 1.0 / num_classes))
         self.register_buffer("p_target", torch.full((num_classes,), 1.0 / num_classes))
 

@@ -49,8 +49,10 @@ class SoftMatch(Algorithm):
     name = "softmatch"
     Config = SoftMatchConfig
 
-    def __init__(self, cfg: SoftMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps)
+    def __init__(self, cfg: SoftMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
+                 num_features: int = 0):
+        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
+                         num_features=num_features)
         C = num_classes
         self.register_buffer("prob_max_mu_t", torch.tensor(1.0 / C))
         """μ_t: EMA of the batch mean of the (aligned) max-probabilities"""

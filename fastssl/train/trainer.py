@@ -5,7 +5,6 @@ steps), `evaluate` and `save` — each marked `# host sync`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -67,11 +66,8 @@ class Trainer:
         self.model.to(self.device, memory_format=fmt)
         # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
         self.ema = EMATeacher(self.model)
-        algo_cfg = cfg.algo
-        if getattr(algo_cfg, "rot_head_features", None) == 0:  # ReMixMatch: its head reads the model's features
-            algo_cfg = dataclasses.replace(algo_cfg, rot_head_features=self.model.num_features)
-        self.algorithm = algo_cls(algo_cfg, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
-                                  total_steps=t.steps).to(self.device)
+        self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
+                                  total_steps=t.steps, num_features=self.model.num_features).to(self.device)
         if algo_cls.uses_teacher:
             self.algorithm.set_teacher(self.ema.module)
         self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device)
