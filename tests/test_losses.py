@@ -175,3 +175,17 @@ def test_random_permutation_and_mixup_compile_with_inductor():
     x, y = torch.randn(6, 3, 4, 4), torch.softmax(torch.randn(6, 5), -1)
     torch._dynamo.reset()
     assert torch.isfinite(torch.compile(f, fullgraph=True)(x, y))
+
+
+def test_one_hot_matches_torch_and_rejects_bad_labels():
+    from fastssl.algorithms.losses import one_hot
+
+    labels = torch.tensor([3, 0, 9, 3, 5])
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        got = one_hot(labels, 10, dtype)
+        assert got.dtype == dtype
+        assert torch.equal(got, F.one_hot(labels, 10).to(dtype))
+    with pytest.raises(RuntimeError):
+        one_hot(torch.tensor([10]), 10, torch.float32)
+    with pytest.raises(RuntimeError):
+        one_hot(torch.tensor([-1]), 10, torch.float32)

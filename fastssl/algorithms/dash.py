@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
 from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.losses import one_hot
 from fastssl.data.batch import SSLBatch
 from fastssl.train.distributed import all_reduce_sum, world_size
 
@@ -81,7 +82,7 @@ class Dash(Algorithm):
         hard = rho <= cfg.rho_min
         lw = acc(logits_ulb_w.detach())
         pseudo = lw.argmax(-1)
-        target = torch.where(hard, F.one_hot(pseudo, self.num_classes).to(lw.dtype), (lw / cfg.T).softmax(-1))
+        target = torch.where(hard, one_hot(pseudo, self.num_classes, lw.dtype), (lw / cfg.T).softmax(-1))
         loss_w = -(target * lw.log_softmax(-1)).sum(-1)  # (μB,) the weak view's loss on its own target
         mask = (loss_w <= rho).to(lw.dtype)
         unsup_loss = (-(target * acc(logits_ulb_s).log_softmax(-1)).sum(-1) * mask).mean()

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
 from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.losses import one_hot
 from fastssl.data.batch import SSLBatch
 from fastssl.kernels import pseudo_label_ce
 from fastssl.train.distributed import all_gather_cat
@@ -53,7 +54,7 @@ def fairness_loss(mask: Tensor, logits_s: Tensor, p_model: Tensor, label_hist: T
     m = mask.to(logits_s.dtype)[:, None]  # (N, 1)
     n = m.sum()
     probs_s = logits_s.softmax(-1)  # (N, C), with gradient
-    hist_s = (F.one_hot(probs_s.detach().argmax(-1), C).to(probs_s.dtype) * m).sum(0) / n.clamp_min(1)
+    hist_s = (one_hot(probs_s.detach().argmax(-1), C, probs_s.dtype) * m).sum(0) / n.clamp_min(1)
     scale_s = torch.where(hist_s > 0, 1 / hist_s.clamp_min(1e-30), 0.0)  # 1/h̄, 0 for unseen classes
     mean_s = (probs_s * m).sum(0) / n.clamp_min(1) * scale_s
     mean_s = mean_s / mean_s.sum().clamp_min(1e-30)
@@ -87,7 +88,7 @@ class FreeMatch(Algorithm):
         if cfg.clip_thresh:
             time_p = time_p.clamp(0.0, 0.95)
         p_model = m * self.p_model + (1 - m) * probs.mean(0)
-        hist = F.one_hot(pseudo, self.num_classes).to(probs.dtype).mean(0)
+        hist = one_hot(pseudo, self.num_classes, probs.dtype).mean(0)
         label_hist = m * self.label_hist + (1 - m) * hist
         return time_p, p_model, label_hist
 

@@ -21,12 +21,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, soft_ce, acc
+from fastssl.algorithms.losses import mixup, mixup_lambda, mse, one_hot, ramp_up, random_permutation, soft_ce, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -64,7 +63,7 @@ class ICT(Algorithm):
             probs_t = acc(forward_batch_stats(self.teacher, x_u)).softmax(-1)  # (μB, C)
         lam_u, perm_u = self.sample_mix(x_u.shape[0], x_u, cfg.mixup_alpha)
         mixed_u, target_u = mixup(x_u, probs_t, lam_u, perm_u)
-        y_lb = F.one_hot(batch.y_lb, self.num_classes).to(probs_t.dtype)
+        y_lb = one_hot(batch.y_lb, self.num_classes, probs_t.dtype)
         x_lb = batch.x_lb
         if cfg.mixup_alpha_sup > 0:
             lam_l, perm_l = self.sample_mix(x_lb.shape[0], x_lb, cfg.mixup_alpha_sup)

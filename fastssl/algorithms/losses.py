@@ -24,6 +24,14 @@ def acc(t: Tensor) -> Tensor:
     return t.to(acc_dtype(t.dtype))
 
 
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """(N,) int64 → (N, C) one-hot in `dtype`, by a scatter: an out-of-range label is an error (CPU) or a
+    device assert (CUDA), and nothing reads a value back. `F.one_hot` on a CPU reads min and max back to
+    the host to check the labels, which would hide real host syncs from `fastssl.train.syncs`."""
+    out = torch.zeros(labels.shape[0], num_classes, dtype=dtype, device=labels.device)
+    return out.scatter_(1, labels[:, None], 1.0)
+
+
 def mse(logits: Tensor, target: Tensor) -> Tensor:
     """Squared error between softmax(logits) and `target`, averaged over the C classes: (N,).
 
@@ -77,7 +85,8 @@ def mixup_lambda(alpha: float, like: Tensor, *, biased: bool) -> Tensor:
     """λ ~ Beta(α, α) as a 0-d tensor on `like`'s device (no host round trip). `biased`: λ' = max(λ, 1 − λ),
     MixMatch's choice, so the mixed sample stays closer to its first input (whose loss it is counted in)."""
     conc = torch.full((), alpha, dtype=torch.float32, device=like.device)
-    lam = torch.distributions.Beta(conc, conc).sample()
+    # validate_args=False: checking the concentration's range would read it back to the host
+    lam = torch.distributions.Beta(conc, conc, validate_args=False).sample()
     return torch.maximum(lam, 1.0 - lam) if biased else lam
 
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, ramp_up, random_permutation, sharpen, soft_ce, acc
+from fastssl.algorithms.losses import mixup, mixup_lambda, mse, one_hot, ramp_up, random_permutation, sharpen, soft_ce, acc
 from fastssl.data.batch import SSLBatch, ViewSpec
 
 
@@ -67,7 +66,7 @@ class MixMatch(Algorithm):
             logits_w = acc(forward_batch_stats(model, torch.cat([x_w1, x_w2])))
             probs_w1, probs_w2 = logits_w.softmax(-1).split(n)  # (μB, C) each
             guess = sharpen(0.5 * (probs_w1 + probs_w2), cfg.T)
-        y_lb = F.one_hot(batch.y_lb, self.num_classes).to(guess.dtype)
+        y_lb = one_hot(batch.y_lb, self.num_classes, guess.dtype)
         inputs = torch.cat([batch.x_lb, x_w1, x_w2])  # (B + 2μB, C, H, W)
         targets = torch.cat([y_lb, guess, guess])
         lam, perm = self.sample_mix(inputs.shape[0], inputs)

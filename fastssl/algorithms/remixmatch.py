@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import (mixup, mixup_lambda, ramp_up, random_permutation, rotate90, sharpen,
+from fastssl.algorithms.losses import (mixup, mixup_lambda, one_hot, ramp_up, random_permutation, rotate90, sharpen,
                                        soft_ce, acc)
 from fastssl.data.batch import SSLBatch, ViewSpec
 from fastssl.train.distributed import all_reduce_sum, world_size
@@ -101,7 +101,7 @@ class ReMixMatch(Algorithm):
         with torch.no_grad():
             probs_w = acc(forward_batch_stats(model, batch.x_ulb_w)).softmax(-1)  # (μB, C)
             guess = sharpen(self.align(probs_w), cfg.T)
-        y_lb = F.one_hot(batch.y_lb, self.num_classes).to(guess.dtype)
+        y_lb = one_hot(batch.y_lb, self.num_classes, guess.dtype)
         inputs = torch.cat([batch.x_lb, x_s1, x_s2, batch.x_ulb_w])  # (B + 3μB, C, H, W)
         targets = torch.cat([y_lb, guess, guess, guess])
         lam, perm = self.sample_mix(inputs.shape[0], inputs)
