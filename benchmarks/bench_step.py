@@ -13,7 +13,9 @@ ceiling_compiled on CPU (compile forced on), to report step time with and withou
 
 Steady-state speed: after `--warmup` steps (build and compile time reported separately), `--rounds` rounds
 of `--chunk` steps per system, interleaved; medians, and ratios as medians of per-round ratios. On CUDA it
-also counts host syncs per step (`torch.cuda.set_sync_debug_mode`) and peak memory per system.
+also counts host syncs per step (`torch.cuda.set_sync_debug_mode`) and peak memory per system. On every
+device, systems that run eagerly also get `sync_ops_per_step`: the operators per step that would synchronise
+on a GPU (`.item()`, boolean indexing, ...), traced by `fastssl.train.syncs.HostSyncTrace`.
 """
 from __future__ import annotations
 
@@ -122,6 +124,25 @@ def count_syncs(system, n: int) -> float:
     return sum("synchroniz" in str(w.message) for w in caught) / n
 
 
+def count_sync_ops(system, n: int) -> tuple[float, str]:
+    """Operators per step that synchronise on a GPU (`fastssl.train.syncs`), traced on any device in eager
+    mode: (count per step, where the first of each kind was called)."""
+    from fastssl.train.syncs import HostSyncTrace
+
+    system.sync()
+    with HostSyncTrace() as trace:
+        system.run_steps(n)
+    system.sync()
+    return trace.total / n, trace.report()
+
+
+def _is_compiled(name: str, cfg: dict, cuda: bool) -> bool:
+    if name.startswith("fastssl"):
+        mode = cfg["train"]["compile"]
+        return mode == "on" or (mode == "auto" and cuda)
+    return bool(cfg.get("compile"))
+
+
 def sync_free(system, n: int) -> tuple[bool, str]:
     """Runs n steps with `set_sync_debug_mode("error")`: (True, "") if no step synchronised."""
     system.sync()
@@ -175,7 +196,8 @@ def parse_args(argv):
                         "machine 2 threads made a cnn_small step 25x slower (OpenMP threads waiting on a "
                         "descheduled peer)")
     p.add_argument("--horizon", type=int, default=1 << 20, help="schedule length K given to every system")
-    p.add_argument("--sync-steps", type=int, default=5, help="CUDA: steps run under sync debug mode")
+    p.add_argument("--sync-steps", type=int, default=5,
+                   help="steps traced for operators that sync (eager systems), and run under CUDA's sync debug mode")
     p.add_argument("--profile", default=None, help="folder: write a torch.profiler trace of fastssl steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -232,6 +254,14 @@ def run(args) -> dict:
             e.update(common.summarize(secs, ims, cpu_per_step[name]))
             # warm-up time beyond what the same steps cost in steady state: build-time compile, first batches
             e["warmup_overhead_s"] = e["warmup_s"] - args.warmup * e["step_ms_median"] / 1e3
+        for name, system in live.items():
+            e = result["systems"][name]
+            if _is_compiled(name, e["config"], dev.type == "cuda"):
+                continue  # a dispatch-mode trace would run the compiled step differently; CUDA counts below
+            try:
+                e["sync_ops_per_step"], e["sync_ops"] = count_sync_ops(system, args.sync_steps)
+            except Exception as err:  # noqa: BLE001 - keep the timings already measured
+                e["check_error"] = f"{type(err).__name__}: {err}"
         if dev.type == "cuda":
             for name, system in live.items():
                 e = result["systems"][name]
@@ -277,6 +307,8 @@ def report(result: dict) -> str:
             lines.append(f"{name:<20}  not run: {e.get('error', '?')}")
             continue
         extra = f"  syncs/step={e['syncs_per_step']:.1f}" if "syncs_per_step" in e else ""
+        if "sync_ops_per_step" in e:
+            extra += f"  sync-ops/step={e['sync_ops_per_step']:.1f}"
         lines.append(f"{name:<20}{e['it_s']:>10.2f}{e['img_s']:>10.0f}{e['step_ms_median']:>10.1f}"
                      f"{'[%.1f, %.1f]' % (e['step_ms_q1'], e['step_ms_q3']):>18}{e['cpu_ms_per_step_median']:>12.1f}"
                      f"{e['warmup_s']:>10.1f}{extra}")
