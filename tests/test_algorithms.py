@@ -161,6 +161,31 @@ def test_compiles_without_graph_break(name):
     assert torch.isfinite(out.loss)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_schedules_and_state_never_recompile(name):
+    """New batches, state updates and steps across every warm-up and ramp (0 → TOTAL) run the one graph
+    compiled at the first step: the step is a 0-d tensor and the state lives in buffers."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyNet()
+    algo = make_algo(name)
+    attach_teacher(algo, model)
+    fwd_count, upd_count = CompileCounterWithBackend("eager"), CompileCounterWithBackend("eager")
+    fwd = torch.compile(lambda b, s: algo(model, b, s), backend=fwd_count, fullgraph=True)
+    upd = torch.compile(algo.update_state, backend=upd_count, fullgraph=True)
+    step = torch.zeros((), dtype=torch.long)
+    for i, s in enumerate((0, 1, TOTAL // 10, STEP, TOTAL - 1)):
+        batch = make_batch(type(algo), seed=i)
+        step.fill_(s)
+        out = fwd(batch, step)
+        out.loss.backward()
+        upd(batch, out)
+    assert fwd_count.frame_count == 1, f"{name}: the step compiled {fwd_count.frame_count} times"
+    assert upd_count.frame_count <= 1, f"{name}: update_state compiled {upd_count.frame_count} times"
+
+
 def buffers(algo) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in algo.state_dict().items()}
 
