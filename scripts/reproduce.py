@@ -125,9 +125,11 @@ def run(args) -> int:
 def _steps(recipe: str, extra: list[str]) -> int:
     """The run's final step: the recipe's, unless `--train.steps=N` is among the extra options."""
     steps = RECIPES[recipe]["train.steps"]
-    for opt in extra:
+    for i, opt in enumerate(extra):
         if opt.startswith("--train.steps="):
             steps = int(opt.split("=", 1)[1])
+        elif opt == "--train.steps" and i + 1 < len(extra):  # the CLI's spaced form
+            steps = int(extra[i + 1])
     return steps
 
 

@@ -57,6 +57,12 @@ def test_state_new_resume_done(tmp_path):
     assert cmd[:3] == [sys.executable, "-m", "fastssl"] and cmd[-1] == f"--train.resume={d}"
 
 
+def test_final_step_follows_extra_options_in_both_forms():
+    assert repro._steps("cifar10_fixmatch_40", []) == 1 << 20
+    assert repro._steps("cifar10_fixmatch_40", ["--train.steps=300"]) == 300
+    assert repro._steps("cifar10_fixmatch_40", ["--model.name=cnn_small", "--train.steps", "70"]) == 70
+
+
 def _summary(path: Path, best: float, last: float):
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({"step": 10, "top1": last, "best_top1": best,
