@@ -29,6 +29,8 @@ def cubins() -> dict[int, list[dict]]:
     out = {}
     for arch, p in procs.items():
         stdout, stderr = p.communicate(timeout=600)
+        if p.returncode == 3:  # _cubin.API_CHANGED: a Triton whose private launch binding moved
+            pytest.skip(f"tests/_cubin.py does not know this Triton's launch binding: {stderr.strip()[-300:]}")
         assert p.returncode == 0, f"sm_{arch} compile helper failed:\n{stderr[-4000:]}"
         out[arch] = [json.loads(line) for line in stdout.splitlines()]
     return out
