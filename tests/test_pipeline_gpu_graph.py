@@ -20,6 +20,8 @@ IMAGE_OPS = {"WarpAffine", "Equalize", "Erase", "Filter", "CropMirrorNormalize",
 
 def _ops(pipe) -> Counter:
     """(schema name, device) → count over the pipeline's Python graph (built, not run)."""
+    if not (hasattr(pipe, "_build_graph") and hasattr(pipe, "_ops")):  # DALI internals, as of DALI 2.4
+        pytest.skip("this DALI has no Pipeline._build_graph/_ops to inspect the graph without running it")
     pipe._build_graph()
     ops = Counter()
     for node in pipe._ops:
