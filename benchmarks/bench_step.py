@@ -136,13 +136,6 @@ def count_sync_ops(system, n: int) -> tuple[float, str]:
     return trace.total / n, trace.report()
 
 
-def _is_compiled(name: str, cfg: dict, cuda: bool) -> bool:
-    if name.startswith("fastssl"):
-        mode = cfg["train"]["compile"]
-        return mode == "on" or (mode == "auto" and cuda)
-    return bool(cfg.get("compile"))
-
-
 def sync_free(system, n: int) -> tuple[bool, str]:
     """Runs n steps with `set_sync_debug_mode("error")`: (True, "") if no step synchronised."""
     system.sync()
@@ -256,7 +249,8 @@ def run(args) -> dict:
             e["warmup_overhead_s"] = e["warmup_s"] - args.warmup * e["step_ms_median"] / 1e3
         for name, system in live.items():
             e = result["systems"][name]
-            if _is_compiled(name, e["config"], dev.type == "cuda"):
+            # fastssl: the Trainer's own decision; baseline and ceiling: their config's
+            if getattr(system, "compiled", e["config"].get("compile")):
                 continue  # a dispatch-mode trace would run the compiled step differently; CUDA counts below
             try:
                 e["sync_ops_per_step"], e["sync_ops"] = count_sync_ops(system, args.sync_steps)

@@ -46,8 +46,7 @@ def sync_reason(func, args, kwargs) -> str | None:
         return name
     if name in _INDEXING and len(args) > 1 and any(_is_mask(i) for i in (args[1] or ())):
         return f"{name} with a boolean mask"
-    if name == "aten::repeat_interleave" and kwargs.get("output_size") is None and (
-            len(args) < 4 or args[3] is None):  # repeat_interleave.Tensor(repeats, *, output_size)
+    if name == "aten::repeat_interleave" and kwargs.get("output_size") is None:  # keyword-only in every overload
         return f"{name} without output_size"
     return None
 
