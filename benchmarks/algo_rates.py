@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fastssl.algorithms import ALGORITHMS
-from fastssl.data.batch import SSLBatch
+from fastssl.batch import SSLBatch
 
 C, HW = 10, 16
 

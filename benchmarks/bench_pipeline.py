@@ -59,7 +59,7 @@ class DALILoader:
 
     def __init__(self, x, y, lb_idx, batch: int, uratio: int, threads: int, device: torch.device, seed: int = 0):
         from fastssl.data.augment import AugmentConfig
-        from fastssl.data.batch import ViewSpec
+        from fastssl.batch import ViewSpec
         from fastssl.data.pipeline import TrainLoader
 
         self.device = device

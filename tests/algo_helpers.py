@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fastssl.data.batch import SSLBatch
+from fastssl.batch import SSLBatch
 
 
 def logits_batch(w: Tensor, s: Tensor, lb: Tensor, y_lb: Tensor, idx: Tensor | None = None,

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fastssl.algorithms import ALGORITHMS
-from fastssl.data.batch import SSLBatch
+from fastssl.batch import SSLBatch
 
 NAMES = sorted(ALGORITHMS)
 C, B, MU, HW, NUM_ULB, TOTAL = 4, 4, 2, 6, 64, 4096

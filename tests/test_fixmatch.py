@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fastssl.algorithms import get_algorithm
-from fastssl.data.batch import SSLBatch
+from fastssl.batch import SSLBatch
 
 
 class Fixed(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from fastssl.data.augment import AugmentConfig
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 from fastssl.data.pipeline import EpochSampler, EvalLoader, TrainLoader
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)

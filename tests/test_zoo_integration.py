@@ -19,7 +19,7 @@ import torch
 from fastssl.algorithms import ALGORITHMS
 from fastssl.config import Config, apply_overrides
 from fastssl.data.augment import AugmentConfig
-from fastssl.data.batch import ViewSpec
+from fastssl.batch import ViewSpec
 from fastssl.data.pipeline import TrainLoader
 from fastssl.train.trainer import Trainer
 from test_algorithms import C, STEP, TinyNet, attach_teacher, make_algo

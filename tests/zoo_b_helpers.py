@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 
 class TinyNet(nn.Module):

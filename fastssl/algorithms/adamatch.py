@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, dist_align, forward_cat
 from fastssl.algorithms.fixmatch import pseudo_label_metrics
-from fastssl.data.batch import SSLBatch
+from fastssl.batch import SSLBatch
 from fastssl.kernels import pseudo_label_ce
-from fastssl.train.distributed import all_gather_cat
+from fastssl.collectives import all_gather_cat
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastssl.algorithms.losses import acc, entropy  # noqa: F401 (acc re-exported for the algorithms)
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 
 class StepOutput(NamedTuple):

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
 from fastssl.algorithms.fixmatch import pseudo_label_metrics
 from fastssl.algorithms.losses import one_hot
-from fastssl.data.batch import SSLBatch
-from fastssl.train.distributed import all_reduce_sum, world_size
+from fastssl.batch import SSLBatch
+from fastssl.collectives import all_reduce_sum, world_size
 
 
 @dataclasses.dataclass

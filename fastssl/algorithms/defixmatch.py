@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
 from fastssl.algorithms.fixmatch import pseudo_label_metrics
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 from fastssl.kernels import pseudo_label_ce
 
 

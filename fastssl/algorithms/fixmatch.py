@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.data.batch import SSLBatch
+from fastssl.batch import SSLBatch
 from fastssl.kernels import pseudo_label_ce
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
 from fastssl.algorithms.forwards import forward_batch_stats
 from fastssl.algorithms.losses import DISTANCES, ramp_up, acc
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
 from fastssl.algorithms.losses import mixup, mixup_lambda, mse, one_hot, ramp_up, random_permutation, sharpen, soft_ce, acc
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 
 @dataclasses.dataclass

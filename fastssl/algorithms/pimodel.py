@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from fastssl.algorithms.base import Algorithm, StepOutput, forward_cat
 from fastssl.algorithms.losses import DISTANCES, acc
 from fastssl.algorithms.meanteacher import ConsistencyConfig, unsup_weight
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 
 @dataclasses.dataclass

@@ -37,8 +37,8 @@ from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
 from fastssl.algorithms.losses import (mixup, mixup_lambda, one_hot, ramp_up, random_permutation, rotate90, sharpen,
                                        soft_ce, acc)
-from fastssl.data.batch import SSLBatch, ViewSpec
-from fastssl.train.distributed import all_reduce_sum, world_size
+from fastssl.batch import SSLBatch, ViewSpec
+from fastssl.collectives import all_reduce_sum, world_size
 
 
 @dataclasses.dataclass

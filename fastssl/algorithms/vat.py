@@ -37,7 +37,7 @@ from torch.func import grad
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
 from fastssl.algorithms.forwards import forward_batch_stats
 from fastssl.algorithms.losses import entropy, kl, ramp_up, acc
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fastssl.config import Config
-from fastssl.data.batch import ViewSpec
+from fastssl.batch import ViewSpec
 
 
 NO_FLIP = ("digits", "mnist", "svhn")

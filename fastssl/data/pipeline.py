@@ -32,7 +32,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from fastssl.data.augment import AugmentConfig, normalize, views
-from fastssl.data.batch import SSLBatch, ViewSpec
+from fastssl.batch import SSLBatch, ViewSpec
 
 _LB, _ULB = 0, 1  # stream ids: the labeled and unlabeled samplers draw independent permutations
 

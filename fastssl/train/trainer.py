@@ -22,7 +22,8 @@ from fastssl.config import Config
 from fastssl.data.build import build_data
 from fastssl.models import build_model
 from fastssl.train import checkpoint as ckpt_io
-from fastssl.train.distributed import all_reduce_sum, init_from_env, is_dist
+from fastssl.collectives import all_reduce_sum, is_dist
+from fastssl.train.distributed import init_from_env
 from fastssl.train.ema import EMATeacher
 from fastssl.train.metrics import Progress, topk_correct
 from fastssl.train.optim import build_optimizer, lr_at, set_lr
