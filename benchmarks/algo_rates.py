@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from fastssl.algorithms import ALGORITHMS
+from fastssl.algorithms import ALGORITHMS, get_algorithm
 from fastssl.batch import SSLBatch
 
 C, HW = 10, 16
@@ -67,12 +67,11 @@ def make_batch(cls, B: int, mu: int, num_ulb: int, g: torch.Generator) -> SSLBat
 class Runner:
     def __init__(self, name: str, B: int, mu: int, total_steps: int):
         torch.manual_seed(0)
-        cls = ALGORITHMS[name]
+        cls = get_algorithm(name)
         self.model = SmallCNN()
         self.algo = cls(cls.Config(), num_classes=C, num_ulb=4096, total_steps=total_steps,
                         num_features=self.model.num_features)
-        if cls.uses_teacher:
-            self.algo.set_teacher(copy.deepcopy(self.model))
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         params = list(self.model.parameters()) + list(self.algo.parameters())
         self.opt = torch.optim.SGD(params, lr=0.03, momentum=0.9, nesterov=True)
         self.batch = make_batch(cls, B, mu, 4096, torch.Generator().manual_seed(1))
@@ -80,11 +79,11 @@ class Runner:
 
     def __call__(self) -> float:
         t0 = time.perf_counter()
-        out = self.algo(self.model, self.batch, self.step)
+        out = self.algo(self.model, self.teacher, self.batch, self.step)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
-        self.algo.update_state(self.batch, out)
+        self.algo.update_state(self.batch, out.state)
         return time.perf_counter() - t0
 
 

@@ -122,7 +122,7 @@ class Config:
     aug: Any = field(default_factory=lambda: _augment_config_cls()())
     algo_name: str = "fixmatch"
     """algorithm (--algo.name): see `fastssl info`"""
-    algo: AlgorithmConfig = field(default_factory=lambda: ALGORITHMS["fixmatch"].Config())
+    algo: AlgorithmConfig = field(default_factory=lambda: get_algorithm("fixmatch").Config())
 
     def validate(self) -> "Config":
         """Cross-field checks; each error names the option and the fix."""

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from algo_helpers import IDENTITY, ce, logits_batch, random_logits, softmax
+from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits, softmax_by_hand
 from fastssl.algorithms.adamatch import AdaMatch, AdaMatchConfig
 
 C = 4
@@ -18,25 +18,25 @@ def test_loss_matches_per_sample_loop(ema_p):
         lb, y = random_logits(B, C, t + 20, scale=4.0), torch.tensor([0, 1, 2, 3])
         batch = logits_batch(w, s, lb, y)
         pm_old, pt_old = algo.p_model.tolist(), algo.p_target.tolist()
-        out = algo(IDENTITY, batch, torch.tensor(t))
-        pu = [softmax(w[i]) for i in range(n)]
-        pl = [softmax(lb[i]) for i in range(B)]
+        out = algo(IDENTITY, IDENTITY, batch, torch.tensor(t))
+        pu = [softmax_by_hand(w[i]) for i in range(n)]
+        pl = [softmax_by_hand(lb[i]) for i in range(B)]
         mu = ema_p if t > 0 else 0.0
         pm = [mu * pm_old[c] + (1 - mu) * sum(p[c] for p in pu) / n for c in range(C)]
         pt = [ema_p * pt_old[c] + (1 - ema_p) * sum(p[c] for p in pl) / B for c in range(C)]
         thr = 0.9 * sum(max(p) for p in pl) / B
-        sup = sum(ce(lb[i], int(y[i])) for i in range(B)) / B
+        sup = sum(ce_by_hand(lb[i], int(y[i])) for i in range(B)) / B
         unsup, nmask = 0.0, 0
         for i in range(n):
             q = [pu[i][c] * (pt[c] + 1e-6) / (pm[c] + 1e-6) for c in range(C)]
             q = [x / sum(q) for x in q]
             k = q.index(max(q))
             if q[k] >= thr:
-                unsup += ce(s[i], k)
+                unsup += ce_by_hand(s[i], k)
                 nmask += 1
         assert 0 < nmask < n
         assert float(out.loss.detach()) == pytest.approx(sup + unsup / n, rel=1e-6)
-        algo.update_state(batch, out)
+        algo.update_state(batch, out.state)
         assert algo.p_model.tolist() == pytest.approx(pm, rel=1e-6)
         assert algo.p_target.tolist() == pytest.approx(pt, rel=1e-6)
 
@@ -45,6 +45,6 @@ def test_threshold_is_relative_to_labeled_confidence():
     algo = AdaMatch(AdaMatchConfig(tau=0.5, ema_p=0.0), num_classes=C, num_ulb=8)
     lb = torch.tensor([[4.0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)  # max-probs 0.9479…, 0.25
     w = torch.zeros(2, C, dtype=torch.float64)
-    out = algo(IDENTITY, logits_batch(w, w.clone(), lb, torch.tensor([0, 1])), torch.tensor(0))
-    p0 = softmax(lb[0])[0]
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, w.clone(), lb, torch.tensor([0, 1])), torch.tensor(0))
+    p0 = softmax_by_hand(lb[0])[0]
     assert float(out.metrics["threshold"]) == pytest.approx(0.5 * (p0 + 0.25) / 2, rel=1e-6)

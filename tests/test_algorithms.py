@@ -3,92 +3,33 @@
 (1) the unlabeled term carries gradient (λ_u=1 vs λ_u=0 gradients differ; `supervised`: identical), and so
     do the add-on regularizers (`entmin_weight=1` vs 0; `supervised` refuses them);
 (2) forward (with its backward traced by AOT autograd) and `update_state` compile with no graph break;
-(3) `state_dict()` restores every buffer exactly after a few updates;
+(3) state: an algorithm with `update_state` has buffers that a few updates move, `state_dict()` restores
+    them exactly and the restored algorithm computes the same next step; one without has no buffers and
+    hands no state;
 (4) the state is identical on 2 gloo ranks fed different batches (one spawn for all algorithms);
 (5) a short CPU run on separable synthetic data lowers the loss.
 
-The batch is built from the views each algorithm declares (`views`), so any algorithm fits; teachers are
-given when `uses_teacher`. The model's logits are scaled up so that confidence thresholds are reached
+The batch is built from the views each algorithm declares (`views`), so any algorithm fits; every
+algorithm gets a teacher (a copy of the model), as from the trainer. The model's logits are scaled up so that confidence thresholds are reached
 from the first step (otherwise a masked unlabeled term would be zero and (1) would prove nothing).
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
+import sys
 import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
-from fastssl.algorithms import ALGORITHMS
-from fastssl.batch import SSLBatch
+from algo_testing import STEP, TOTAL, ConfidentNet, build_algo, separable_batch, teacher_copy
+from fastssl.algorithms import ALGORITHMS, get_algorithm
+from fastssl.algorithms.base import Algorithm
 
 NAMES = sorted(ALGORITHMS)
-C, B, MU, HW, NUM_ULB, TOTAL = 4, 4, 2, 6, 64, 4096
-STEP = int(0.6 * TOTAL)  # past every warm-up/ramp expressed as a fraction of TOTAL (Pseudo-Label 0.4, Dash, TSA)
-
-
-class TinyNet(nn.Module):
-    """conv → BatchNorm → ReLU → pool → linear, logits scaled so that predictions are confident."""
-
-    def __init__(self, scale: float = 50.0):
-        super().__init__()
-        self.conv = nn.Conv2d(3, self.num_features, 3, padding=1)
-        self.bn = nn.BatchNorm2d(self.num_features)
-        self.fc = nn.Linear(self.num_features, C)
-        self.scale = scale
-
-    num_features = 8
-    """width of `forward_features` (ReMixMatch's rotation head reads it)"""
-
-    def forward_features(self, x):
-        return torch.relu(self.bn(self.conv(x))).mean((2, 3))
-
-    def head(self, h):
-        return self.fc(h) * self.scale
-
-    def forward(self, x):
-        return self.head(self.forward_features(x))
-
-
-def make_algo(name: str, **overrides):
-    cls = ALGORITHMS[name]
-    return cls(cls.Config(**overrides), num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL,
-               num_features=TinyNet.num_features)
-
-
-PATTERNS = torch.randn(C, 3, HW, HW, generator=torch.Generator().manual_seed(123))
-
-
-def class_images(y: torch.Tensor, g: torch.Generator, noise: float) -> torch.Tensor:
-    """Separable synthetic images: a fixed random pattern per class, plus Gaussian noise."""
-    return PATTERNS[y] + noise * torch.randn(len(y), 3, HW, HW, generator=g)
-
-
-def make_batch(algo_cls, seed: int = 0, noise: float = 1.0) -> SSLBatch:
-    """A batch with exactly the views `algo_cls.views` declares (absent ones: 0 rows)."""
-    g = torch.Generator().manual_seed(seed)
-    spec = algo_cls.views
-    y_lb = torch.arange(B) % C
-    y_ulb = torch.randint(0, C, (B * MU,), generator=g)
-    idx = torch.randperm(NUM_ULB, generator=g)[: B * MU]
-    view = lambda y, k: class_images(y, g, noise * (1.5 if k else 1.0))  # noqa: E731 (strong: noisier)
-    empty = torch.empty(0, 3, HW, HW)
-    w = [view(y_ulb, 0) for _ in range(spec.num_weak)]
-    s = [view(y_ulb, 1) for _ in range(spec.num_strong)]
-    kw = {}
-    if getattr(spec, "lb_strong", False):
-        kw["x_lb_s"] = view(y_lb, 1)
-    return SSLBatch(view(y_lb, 0), y_lb, w[0] if w else empty, s[0] if s else empty, idx, y_ulb,
-                    x_ulb_w_extra=tuple(w[1:]), x_ulb_s_extra=tuple(s[1:]), **kw)
-
-
-def attach_teacher(algo, model):
-    if algo.uses_teacher:
-        algo.set_teacher(copy.deepcopy(model))
 
 
 # Logit scale of the gradient test. A confidence-thresholded term is exactly 0 unless predictions reach τ,
@@ -106,10 +47,9 @@ def grads(name: str, lambda_u: float, scale: float | None = None, **overrides) -
 
 def grads_and_metrics(name, lambda_u, scale=None, **overrides):
     torch.manual_seed(0)  # also fixes the step's own random draws (MixUp, rotations, VAT noise)
-    model = TinyNet(scale=scale if scale is not None else 1.0 if name in UNTHRESHOLDED else 50.0)
-    algo = make_algo(name, lambda_u=lambda_u, **overrides)
-    attach_teacher(algo, model)
-    out = algo(model, make_batch(type(algo), seed=1), torch.tensor(STEP))
+    model = ConfidentNet(scale=scale if scale is not None else 1.0 if name in UNTHRESHOLDED else 50.0)
+    algo = build_algo(name, lambda_u=lambda_u, **overrides)
+    out = algo(model, teacher_copy(model), separable_batch(type(algo), seed=1), torch.tensor(STEP))
     out.loss.backward()
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()], out.metrics
 
@@ -132,7 +72,7 @@ def test_regularizers_reach_every_algorithm(name):
     if name == "supervised":
         for k in ("entmin_weight", "cbl_weight", "mcc_weight"):
             with pytest.raises(ValueError, match="supervised uses no unlabeled data"):
-                make_algo(name, **{k: 1.0})
+                build_algo(name, **{k: 1.0})
         return
     g0, m0 = grads_and_metrics(name, 1.0, scale=1.0)
     g1, m1 = grads_and_metrics(name, 1.0, scale=1.0, entmin_weight=1.0)
@@ -147,17 +87,17 @@ def test_regularizers_reach_every_algorithm(name):
 def test_compiles_without_graph_break(name):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = TinyNet()
-    algo = make_algo(name)
-    attach_teacher(algo, model)
-    batch = make_batch(type(algo))
+    model = ConfidentNet()
+    teacher = teacher_copy(model)
+    algo = build_algo(name)
+    batch = separable_batch(type(algo))
     step = torch.tensor(STEP)
     # aot_eager traces the joint forward+backward graph: a data-dependent op in either would fail here.
-    fwd = torch.compile(lambda b, s: algo(model, b, s), backend="aot_eager", fullgraph=True)
+    fwd = torch.compile(lambda b, s: algo(model, teacher, b, s), backend="aot_eager", fullgraph=True)
     out = fwd(batch, step)
     out.loss.backward()
     upd = torch.compile(algo.update_state, backend="eager", fullgraph=True)
-    upd(batch, out)
+    upd(batch, out.state)
     assert torch.isfinite(out.loss)
 
 
@@ -169,19 +109,19 @@ def test_schedules_and_state_never_recompile(name):
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = TinyNet()
-    algo = make_algo(name)
-    attach_teacher(algo, model)
+    model = ConfidentNet()
+    teacher = teacher_copy(model)
+    algo = build_algo(name)
     fwd_count, upd_count = CompileCounterWithBackend("eager"), CompileCounterWithBackend("eager")
-    fwd = torch.compile(lambda b, s: algo(model, b, s), backend=fwd_count, fullgraph=True)
+    fwd = torch.compile(lambda b, s: algo(model, teacher, b, s), backend=fwd_count, fullgraph=True)
     upd = torch.compile(algo.update_state, backend=upd_count, fullgraph=True)
     step = torch.zeros((), dtype=torch.long)
     for i, s in enumerate((0, 1, TOTAL // 10, STEP, TOTAL - 1)):
-        batch = make_batch(type(algo), seed=i)
+        batch = separable_batch(type(algo), seed=i)
         step.fill_(s)
         out = fwd(batch, step)
         out.loss.backward()
-        upd(batch, out)
+        upd(batch, out.state)
     assert fwd_count.frame_count == 1, f"{name}: the step compiled {fwd_count.frame_count} times"
     assert upd_count.frame_count <= 1, f"{name}: update_state compiled {upd_count.frame_count} times"
 
@@ -191,34 +131,55 @@ def buffers(algo) -> dict[str, torch.Tensor]:
 
 
 def run_updates(algo, model, n: int, seed: int, start: int = STEP) -> None:
+    teacher = teacher_copy(model)
     for i in range(n):
-        b = make_batch(type(algo), seed=seed + i)
-        out = algo(model, b, torch.tensor(start + i))
-        algo.update_state(b, out)
+        b = separable_batch(type(algo), seed=seed + i)
+        out = algo(model, teacher, b, torch.tensor(start + i))
+        algo.update_state(b, out.state)
+
+
+def has_state(algo_cls) -> bool:
+    """The contract: an algorithm keeps state exactly when it implements `update_state`."""
+    return algo_cls.update_state is not Algorithm.update_state
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_state_dict_round_trip(name):
+def test_state_round_trip_or_no_state(name):
+    """Stateful: a few updates (from step 0, so warm-up state moves too) change every buffer's content as a
+    whole, `state_dict` → a fresh algorithm restores each exactly, and the restored algorithm computes the
+    same next step (loss, metrics and the state handed to update_state) as the original. Stateless: no
+    buffers at all (the family's `StepOutput.state` may still be handed; nothing keeps it)."""
     torch.manual_seed(0)
-    model = TinyNet()
-    algo = make_algo(name)
-    attach_teacher(algo, model)
-    run_updates(algo, model, 3, seed=10)
+    model = ConfidentNet()
+    algo = build_algo(name)
+    init = buffers(algo)
+    run_updates(algo, model, 3, seed=10, start=0)
     saved = buffers(algo)
-    fresh = make_algo(name)
+    batch, step = separable_batch(type(algo), seed=99), torch.tensor(3)
+    if not has_state(type(algo)):
+        assert not list(algo.buffers()), f"{name}: buffers without update_state"
+        return
+    assert list(algo.buffers()), f"{name}: update_state without buffers"
+    moved = [k for k in init if not torch.equal(init[k], saved[k])]
+    assert moved, f"{name}: 3 updates left every buffer at its initial value; the round trip would prove nothing"
+    fresh = build_algo(name)
     fresh.load_state_dict(saved)
     restored = buffers(fresh)
     assert restored.keys() == saved.keys()
     for k in saved:
         assert torch.equal(restored[k], saved[k]), f"{name}: buffer {k} not restored"
+    outs = []
+    for a in (algo, fresh):
+        torch.manual_seed(5)  # the step's own draws (MixUp, rotations) alike
+        outs.append(a(model, teacher_copy(model), batch, step))
+    assert torch.equal(outs[0].loss, outs[1].loss)
+    assert outs[0].metrics.keys() == outs[1].metrics.keys()
+    assert all(torch.equal(x, y) for x, y in zip(outs[0].state, outs[1].state))
 
 
 def _unsynced(name):
     """Context: the algorithm's module sees identity collectives (each rank updates from its own batch)."""
-    import contextlib
-    import sys
-
-    mod = sys.modules[ALGORITHMS[name].__module__]
+    mod = sys.modules[get_algorithm(name).__module__]
 
     @contextlib.contextmanager
     def patch():
@@ -241,9 +202,8 @@ def _rank_worker(rank: int, store: str, out_dir: str) -> None:
         for name in NAMES:
             for synced in (True, False):
                 torch.manual_seed(0)  # same model on both ranks; different batches (seed depends on the rank)
-                model = TinyNet(scale=8.0)  # varied predictions: states that depend on the batch's content
-                algo = make_algo(name)
-                attach_teacher(algo, model)
+                model = ConfidentNet(scale=8.0)  # varied predictions: states that depend on the batch's content
+                algo = build_algo(name)
                 init = buffers(algo)
                 # from step 0: warm-up phases (Dash's ρ̂ over its first 8 steps of 4096) are covered too
                 if synced:
@@ -286,12 +246,12 @@ def test_state_identical_across_ranks(name, two_rank_states):
 @pytest.mark.parametrize("name", NAMES)
 def test_short_run_lowers_loss(name):
     torch.manual_seed(0)
-    model = TinyNet(scale=1.0)
-    algo = make_algo(name)
-    attach_teacher(algo, model)
+    model = ConfidentNet(scale=1.0)
+    teacher = teacher_copy(model)
+    algo = build_algo(name)
     params = list(model.parameters()) + list(algo.parameters())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
-    eval_batch = make_batch(type(algo), seed=999, noise=0.5)
+    eval_batch = separable_batch(type(algo), seed=999, noise=0.5)
     # MixMatch: λ_u = 100 reaches full weight 40% into the run; in 40 steps that is 16 steps, before the
     # labeled term has made its guesses useful (guess accuracy stays at chance, measured), so the model
     # fits its own wrong guesses and the loss rises (2.24 → 2.41; with 80 steps 2.24 → 2.10).
@@ -301,16 +261,16 @@ def test_short_run_lowers_loss(name):
         # same random draws (MixUp λ and permutation, rotations, VAT noise) before and after training
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(1234)
-            return float(algo(model, eval_batch, torch.tensor(TOTAL - 1)).loss)
+            return float(algo(model, teacher, eval_batch, torch.tensor(TOTAL - 1)).loss)
 
     before = eval_loss()
     for i in range(steps):
-        b = make_batch(type(algo), seed=i, noise=0.5)
-        out = algo(model, b, torch.tensor(i * TOTAL // steps))
+        b = separable_batch(type(algo), seed=i, noise=0.5)
+        out = algo(model, teacher, b, torch.tensor(i * TOTAL // steps))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-        algo.update_state(b, out)
+        algo.update_state(b, out.state)
     after = eval_loss()
     assert after < before, f"{name}: loss {before:.4f} → {after:.4f}"
 
@@ -334,11 +294,11 @@ VARIANTS = [
 def test_option_variants_compile(name, options):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = TinyNet()
-    algo = make_algo(name, **options)
-    attach_teacher(algo, model)
-    batch = make_batch(type(algo))
-    out = torch.compile(lambda b, s: algo(model, b, s), backend="aot_eager", fullgraph=True)(batch, torch.tensor(STEP))
+    model = ConfidentNet()
+    teacher = teacher_copy(model)
+    algo = build_algo(name, **options)
+    batch = separable_batch(type(algo))
+    out = torch.compile(lambda b, s: algo(model, teacher, b, s), backend="aot_eager", fullgraph=True)(batch, torch.tensor(STEP))
     out.loss.backward()
-    torch.compile(algo.update_state, backend="eager", fullgraph=True)(batch, out)
+    torch.compile(algo.update_state, backend="eager", fullgraph=True)(batch, out.state)
     assert torch.isfinite(out.loss)

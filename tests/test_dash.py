@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from algo_helpers import IDENTITY, ce, logits_batch, random_logits, soft_ce, softmax
+from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits, soft_ce_by_hand, softmax_by_hand
 from fastssl.algorithms.dash import Dash, DashConfig
 
 C, K = 4, 1000
@@ -32,10 +32,10 @@ def test_rho_init_from_warmup_labeled_loss():
         lb, y = random_logits(4, C, t), torch.tensor([0, 1, 2, 3])
         w = random_logits(6, C, t + 50)
         batch = logits_batch(w, w.clone(), lb, y)
-        out = algo(IDENTITY, batch, torch.tensor(t))
-        algo.update_state(batch, out)
+        out = algo(IDENTITY, IDENTITY, batch, torch.tensor(t))
+        algo.update_state(batch, out.state)
         if t < 100:
-            losses.append(sum(ce(lb[i], int(y[i])) for i in range(4)) / 4)
+            losses.append(sum(ce_by_hand(lb[i], int(y[i])) for i in range(4)) / 4)
     want = losses[0]
     for x in losses[1:]:
         want = 0.9 * want + 0.1 * x
@@ -46,7 +46,7 @@ def test_rho_init_from_warmup_labeled_loss():
 def test_warmup_trains_labeled_only():
     algo = make()
     w, s, lb = random_logits(6, C, 0), random_logits(6, C, 1), random_logits(2, C, 2)
-    out = algo(IDENTITY, logits_batch(w, s, lb, torch.tensor([0, 1])), torch.tensor(50))
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, s, lb, torch.tensor([0, 1])), torch.tensor(50))
     out.loss.backward()
     assert s.grad is None or torch.all(s.grad == 0)
     assert lb.grad.abs().sum() > 0
@@ -59,18 +59,18 @@ def test_loss_matches_per_sample_loop(step, hard):
     n, B = 16, 4
     w, s = random_logits(n, C, 3, scale=6.0 if hard else 2.0), random_logits(n, C, 4)
     lb, y = random_logits(B, C, 5), torch.tensor([0, 1, 2, 3])
-    out = algo(IDENTITY, logits_batch(w, s, lb, y), torch.tensor(step))
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, s, lb, y), torch.tensor(step))
     k = (step - 100) // 50
     rho = max(1.0001 * 1.27 ** (-k) * 0.6, 0.05)
     assert (rho == 0.05) == hard
-    sup = sum(ce(lb[i], int(y[i])) for i in range(B)) / B
+    sup = sum(ce_by_hand(lb[i], int(y[i])) for i in range(B)) / B
     unsup, nmask = 0.0, 0
     for i in range(n):
-        p = softmax(w[i])
+        p = softmax_by_hand(w[i])
         kk = p.index(max(p))
-        target = [float(c == kk) for c in range(C)] if hard else softmax(w[i], T=0.5)
-        if soft_ce(w[i], target) <= rho:
-            unsup += soft_ce(s[i], target)
+        target = [float(c == kk) for c in range(C)] if hard else softmax_by_hand(w[i], T=0.5)
+        if soft_ce_by_hand(w[i], target) <= rho:
+            unsup += soft_ce_by_hand(s[i], target)
             nmask += 1
     assert 0 < nmask < n
     assert float(out.loss.detach()) == pytest.approx(sup + unsup / n, rel=1e-6)

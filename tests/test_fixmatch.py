@@ -51,9 +51,10 @@ def test_fixmatch_loss_equals_naive_loop():
     algo_cls = get_algorithm("fixmatch")
     for tau, hard, T in [(0.5, True, 1.0), (0.7, False, 0.5), (0.99, True, 1.0)]:
         algo = algo_cls(algo_cls.Config(tau=tau, lambda_u=0.7, T=T, hard_label=hard), num_classes=C, num_ulb=U)
-        out = algo(Fixed(logits), batch, torch.tensor(0))
+        model = Fixed(logits)
+        out = algo(model, model, batch, torch.tensor(0))  # the teacher: unread by FixMatch
         ref = naive_fixmatch(lg_lb, y_lb, lg_w, lg_s, tau, 0.7, T, hard)
         torch.testing.assert_close(out.loss, torch.as_tensor(ref, dtype=torch.float64), rtol=1e-10, atol=1e-12)
         probs = torch.softmax(lg_w, 1)
-        assert torch.equal(out.state["mask"].bool(), probs.max(1).values >= tau)
-        assert torch.equal(out.state["pseudo"], probs.argmax(1))
+        assert torch.equal(out.state.mask.bool(), probs.max(1).values >= tau)
+        assert torch.equal(out.state.pseudo, probs.argmax(1))

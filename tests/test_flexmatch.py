@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from algo_helpers import IDENTITY, ce, logits_batch, random_logits
+from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits
 from fastssl.algorithms.flexmatch import FlexMatch, FlexMatchConfig
 
 C, TAU = 3, 0.95
@@ -27,8 +27,8 @@ def confident(classes, c=C):
 def step(algo, classes, idx=None):
     w = confident(classes)
     batch = logits_batch(w, w.clone(), w[:1], torch.zeros(1, dtype=torch.long), idx)
-    out = algo(IDENTITY, batch, torch.tensor(0))
-    algo.update_state(batch, out)
+    out = algo(IDENTITY, IDENTITY, batch, torch.tensor(0))
+    algo.update_state(batch, out.state)
     return out
 
 
@@ -56,7 +56,7 @@ def test_thresholds_table(warmup, mapping):
 def test_initial_state_accepts_everything_but_records_only_above_tau():
     algo = make()
     out = step(algo, [0, None, 2, None])  # β = 0 → every threshold 0 → mask all ones
-    assert out.state["mask"].tolist() == [1, 1, 1, 1]
+    assert out.state.mask.tolist() == [1, 1, 1, 1]
     assert algo.selected_label[:4].tolist() == [0, -1, 2, -1]  # selection uses the fixed τ
 
 
@@ -79,8 +79,8 @@ def test_mask_reads_class_thresholds():
                 want.append(m)
     w = torch.stack(rows)
     batch = logits_batch(w, w.clone(), w[:1], torch.zeros(1, dtype=torch.long), torch.arange(len(rows)))
-    out = algo(IDENTITY, batch, torch.tensor(1))
-    assert out.state["mask"].tolist() == want
+    out = algo(IDENTITY, IDENTITY, batch, torch.tensor(1))
+    assert out.state.mask.tolist() == want
 
 
 def test_update_overwrites_and_keeps():
@@ -105,15 +105,15 @@ def test_loss_matches_per_sample_loop():
     algo.classwise_acc.copy_(torch.tensor([0.9, 0.2, 0.6]))
     w, s = random_logits(n, C, 1), random_logits(n, C, 2)
     lb, y = random_logits(B, C, 3), torch.tensor([0, 1, 2, 1])
-    out = algo(IDENTITY, logits_batch(w, s, lb, y), torch.tensor(3))
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, s, lb, y), torch.tensor(3))
     thr = [TAU * math.log2(1 + b) for b in (0.9, 0.2, 0.6)]
-    sup = sum(ce(lb[i], int(y[i])) for i in range(B)) / B
+    sup = sum(ce_by_hand(lb[i], int(y[i])) for i in range(B)) / B
     unsup = 0.0
     for i in range(n):
         p = torch.softmax(w[i].detach(), -1)
         k = int(p.argmax())
         if float(p[k]) >= thr[k]:
-            unsup += ce(s[i], k)
+            unsup += ce_by_hand(s[i], k)
     assert float(out.loss.detach()) == pytest.approx(sup + unsup / n, rel=1e-9)
     assert 0 < float(out.metrics["mask_ratio"]) < 1
 

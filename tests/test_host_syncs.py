@@ -9,6 +9,9 @@ On a GPU, tests/test_trainer_gpu.py runs the compiled step under `torch.cuda.set
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,6 +20,10 @@ from fastssl.algorithms.losses import one_hot
 from fastssl.config import Config, apply_overrides
 from fastssl.train.syncs import HostSyncTrace
 from fastssl.train.trainer import Trainer
+
+# benchmarks/ (the positive control's baseline) is a source-tree harness, not installed: found from this file,
+# so the test passes alone and from any directory, not only after another test file has set sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 x = torch.arange(-3.0, 5.0)
 SYNCING = {

@@ -189,3 +189,11 @@ def test_one_hot_matches_torch_and_rejects_bad_labels():
         one_hot(torch.tensor([10]), 10, torch.float32)
     with pytest.raises(RuntimeError):
         one_hot(torch.tensor([-1]), 10, torch.float32)
+
+
+def test_acc_agrees_with_the_kernels_accumulation_dtype():
+    """`losses.acc` states the kernels' rule without importing them (Triton): the two must agree."""
+    from fastssl.kernels.reference import acc_dtype
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert L.acc(torch.zeros(1, dtype=dtype)).dtype == acc_dtype(dtype)

@@ -5,35 +5,34 @@ import math
 import pytest
 import torch
 
-from fastssl.algorithms import ALGORITHMS
+from algo_testing import (grad_with_lambda, mean_ce_by_hand, mean_softmax_mse_by_hand, perturbed_teacher,
+                          random_image_batch, teacher_copy, tiny_net)
+from fastssl.algorithms import get_algorithm
 from fastssl.algorithms.meanteacher import MeanTeacher
-from zoo_b_helpers import grad_with_lambda, make_batch, ref_ce, ref_mse, teacher_of, tiny
 
 INIT = dict(num_classes=5, num_ulb=64, total_steps=100)
 
 
 def _setup(bn=False):
-    model = tiny(bn=bn)
-    teacher = teacher_of(model)
-    batch = make_batch(MeanTeacher.views)
+    model = tiny_net(bn=bn)
+    teacher = perturbed_teacher(model)
+    batch = random_image_batch(MeanTeacher.views)
     algo = MeanTeacher(MeanTeacher.Config(lambda_u=2.0, unsup_warmup=0.5), **INIT).double()
-    algo.set_teacher(teacher)
     return model, teacher, batch, algo
 
 
 def test_registered_and_views():
-    assert ALGORITHMS["meanteacher"] is MeanTeacher
+    assert get_algorithm("meanteacher") is MeanTeacher
     assert MeanTeacher.views.num_weak == 2 and MeanTeacher.views.num_strong == 0
-    assert MeanTeacher.uses_teacher
 
 
 def test_loss_matches_per_sample_reference():
     model, teacher, batch, algo = _setup()
-    out = algo(model, batch, torch.tensor(20))
+    out = algo(model, teacher, batch, torch.tensor(20))
     student = model(batch.x_ulb_w_extra[0])  # student on the second weak view
     target = torch.softmax(teacher(batch.x_ulb_w), -1)  # teacher on the first
     ramp = float(torch.tensor(20.0) / 50)  # the ramp is fp32 tensor math
-    ref = ref_ce(model(batch.x_lb), batch.y_lb) + 2.0 * ramp * ref_mse(student, target)
+    ref = mean_ce_by_hand(model(batch.x_lb), batch.y_lb) + 2.0 * ramp * mean_softmax_mse_by_hand(student, target)
     assert out.loss.dtype == torch.float64
     assert float(out.loss.detach()) == pytest.approx(ref, rel=1e-12)
     assert float(out.metrics["unsup_weight"]) == pytest.approx(2.0 * ramp)
@@ -42,8 +41,7 @@ def test_loss_matches_per_sample_reference():
 def test_sigmoid_ramp_and_other_distances():
     model, teacher, batch, _ = _setup()
     algo = MeanTeacher(MeanTeacher.Config(lambda_u=1.0, unsup_warmup=0.5, ramp="sigmoid", consistency="kl"), **INIT)
-    algo.set_teacher(teacher)
-    out = algo(model, batch, torch.tensor(25))
+    out = algo(model, teacher, batch, torch.tensor(25))
     assert float(out.metrics["unsup_weight"]) == pytest.approx(math.exp(-5 * 0.5 ** 2))
     with pytest.raises(ValueError, match="--algo.consistency"):
         MeanTeacher.Config(consistency="cosine")
@@ -62,8 +60,7 @@ def test_gradient_through_student_only_and_nonzero():
     # even with identical weights (step 0 of EMA), different views give a nonzero consistency gradient
     teacher.load_state_dict(model.state_dict())
     algo = MeanTeacher(MeanTeacher.Config(lambda_u=1.0, unsup_warmup=0.0), **INIT)
-    algo.set_teacher(teacher)
-    out = algo(model, batch, step)
+    out = algo(model, teacher, batch, step)
     g, = torch.autograd.grad(out.loss, model.head.weight)
     n = batch.x_lb.shape[0]
     sup = torch.nn.functional.cross_entropy(model(torch.cat([batch.x_lb, batch.x_ulb_w_extra[0]]))[:n], batch.y_lb)
@@ -76,22 +73,22 @@ def test_teacher_uses_batch_stats_and_keeps_its_state_and_mode():
     with torch.no_grad():
         teacher.bn.running_mean.fill_(5.0)  # eval mode would normalise with these: far off
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    out = algo(model, batch, torch.tensor(50))
+    out = algo(model, teacher, batch, torch.tensor(50))
     assert not teacher.training
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
     teacher.train()
     expected = torch.softmax(teacher(batch.x_ulb_w), -1)  # train mode: batch statistics
     teacher.eval()
-    model2 = tiny(bn=True)
+    model2 = tiny_net(bn=True)
     logits = model2(torch.cat([batch.x_lb, batch.x_ulb_w_extra[0]]))
-    ref = ref_ce(logits[:4], batch.y_lb) + 2.0 * ref_mse(logits[4:], expected)
+    ref = mean_ce_by_hand(logits[:4], batch.y_lb) + 2.0 * mean_softmax_mse_by_hand(logits[4:], expected)
     assert float(out.loss.detach()) == pytest.approx(ref, rel=1e-10)
 
 
 def test_compiles_fullgraph():
     model, teacher, batch, algo = _setup(bn=True)
-    fn = torch.compile(lambda b, s: algo(model, b, s).loss, backend="eager", fullgraph=True)
+    fn = torch.compile(lambda b, s: algo(model, teacher, b, s).loss, backend="eager", fullgraph=True)
     loss = fn(batch, torch.tensor(10))
     loss.backward()
     assert model.conv.weight.grad is not None

@@ -3,7 +3,7 @@ and the gradient flowing through the same view's logits."""
 import pytest
 import torch
 
-from algo_helpers import IDENTITY, ce, logits_batch, random_logits, softmax
+from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits, softmax_by_hand
 from fastssl.algorithms.pseudolabel import PseudoLabel, PseudoLabelConfig
 
 C, K = 5, 1000
@@ -15,10 +15,10 @@ def test_loss_matches_per_sample_loop(step, ramp):
     n, B = 12, 5
     w, lb, y = random_logits(n, C, 0), random_logits(B, C, 1), torch.arange(B) % C
     empty = torch.empty(0, C, dtype=torch.float64)
-    out = algo(IDENTITY, logits_batch(w, empty, lb, y), torch.tensor(step))
-    sup = sum(ce(lb[i], int(y[i])) for i in range(B)) / B
-    kept = [i for i in range(n) if max(softmax(w[i])) >= 0.7]
-    unsup = sum(ce(w[i], softmax(w[i]).index(max(softmax(w[i])))) for i in kept) / n
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, empty, lb, y), torch.tensor(step))
+    sup = sum(ce_by_hand(lb[i], int(y[i])) for i in range(B)) / B
+    kept = [i for i in range(n) if max(softmax_by_hand(w[i])) >= 0.7]
+    unsup = sum(ce_by_hand(w[i], softmax_by_hand(w[i]).index(max(softmax_by_hand(w[i])))) for i in kept) / n
     assert 0 < len(kept) < n
     assert float(out.loss.detach()) == pytest.approx(sup + ramp * unsup, rel=1e-9)
     assert float(out.metrics["unsup_weight"]) == pytest.approx(ramp)
@@ -27,7 +27,7 @@ def test_loss_matches_per_sample_loop(step, ramp):
 def test_gradient_through_same_view():
     algo = PseudoLabel(PseudoLabelConfig(tau=0.0), num_classes=C, num_ulb=64, total_steps=K)
     w, lb = random_logits(4, C, 2), random_logits(2, C, 3)
-    out = algo(IDENTITY, logits_batch(w, torch.empty(0, C, dtype=torch.float64), lb, torch.tensor([0, 1])),
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, torch.empty(0, C, dtype=torch.float64), lb, torch.tensor([0, 1])),
                torch.tensor(K))
     (out.loss - out.metrics["sup_loss"]).backward()
     p = torch.softmax(w.detach(), -1)

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from fastssl.algorithms import ALGORITHMS
+from algo_testing import grad_with_lambda, random_image_batch, softmax_by_hand, teacher_copy, tiny_net
+from fastssl.algorithms import get_algorithm
 from fastssl.algorithms.remixmatch import ReMixMatch
-from zoo_b_helpers import grad_with_lambda, make_batch, softmax_row, tiny
 
 INIT = dict(num_classes=5, num_ulb=64, total_steps=640, num_features=6)
 
@@ -19,11 +19,11 @@ def _algo(**kw):
 
 
 def _ce_row(logits, target):
-    return -sum(t * math.log(p) for t, p in zip(target, softmax_row(logits.tolist())))
+    return -sum(t * math.log(p) for t, p in zip(target, softmax_by_hand(logits.tolist())))
 
 
 def test_registered_views_and_rotation_head_needs_the_feature_width():
-    assert ALGORITHMS["remixmatch"] is ReMixMatch
+    assert get_algorithm("remixmatch") is ReMixMatch
     assert ReMixMatch.views.num_weak == 1 and ReMixMatch.views.num_strong == 2
     no_width = {k: v for k, v in INIT.items() if k != "num_features"}
     with pytest.raises(ValueError, match="num_features=model.num_features"):
@@ -35,8 +35,8 @@ def test_registered_views_and_rotation_head_needs_the_feature_width():
 
 
 def test_loss_matches_per_sample_reference():
-    model = tiny(bn=False)
-    batch = make_batch(ReMixMatch.views)  # B=4, μB=8 → 4 + 3·8 = 28 rows to mix
+    model = tiny_net(bn=False)
+    batch = random_image_batch(ReMixMatch.views)  # B=4, μB=8 → 4 + 3·8 = 28 rows to mix
     algo = _algo(lambda_u=1.5, lambda_kl=0.5, lambda_rot=0.5, unsup_warmup=0.25)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -46,12 +46,12 @@ def test_loss_matches_per_sample_reference():
     algo.sample_mix = lambda n, like: (torch.tensor(0.7, dtype=like.dtype), perm)
     algo.sample_rotation = lambda n, like: rot
     step = torch.tensor(80)
-    out = algo(model, batch, step)
+    out = algo(model, teacher_copy(model), batch, step)
 
     p_model = algo.p_model_hist.mean(0).tolist()
     guesses = []
     for w in batch.x_ulb_w:
-        p = softmax_row(model(w[None])[0].tolist())
+        p = softmax_by_hand(model(w[None])[0].tolist())
         a = [pi * 0.2 / pm for pi, pm in zip(p, p_model)]  # p_target uniform = 0.2
         a = [v / sum(a) for v in a]
         s = [v ** 2 for v in a]  # T = 0.5
@@ -72,7 +72,7 @@ def test_loss_matches_per_sample_reference():
     rot_loss = 0.0
     for s, k in zip(batch.x_ulb_s, rot):
         z = algo.rot_head(model.forward_features(torch.rot90(s, int(k), dims=(-2, -1))[None]))[0]
-        rot_loss += -math.log(softmax_row(z.tolist())[int(k)]) / 8
+        rot_loss += -math.log(softmax_by_hand(z.tolist())[int(k)]) / 8
     ramp = float(torch.tensor(80.0) / (640 / 4))
     ref = sup + ramp * (1.5 * unsup + 0.5 * pre) + 0.5 * rot_loss
     assert float(out.loss.detach()) == pytest.approx(ref, rel=1e-7)  # ramp·λ is fp32 tensor math
@@ -83,15 +83,15 @@ def test_loss_matches_per_sample_reference():
 
 
 def test_distribution_alignment_history_ring():
-    model = tiny(bn=True)
-    batch = make_batch(ReMixMatch.views)
+    model = tiny_net(bn=True)
+    batch = random_image_batch(ReMixMatch.views)
     algo = _algo(da_len=4)
     torch.testing.assert_close(algo.p_model_hist, torch.full((4, 5), 0.2, dtype=torch.float64))
     hist = []
     for s in range(6):
-        out = algo(model, batch._replace(x_ulb_w=batch.x_ulb_w * (1 + s)), torch.tensor(s))
-        algo.update_state(batch, out)
-        hist.append(out.state["probs_mean"])
+        out = algo(model, teacher_copy(model), batch._replace(x_ulb_w=batch.x_ulb_w * (1 + s)), torch.tensor(s))
+        algo.update_state(batch, out.state)
+        hist.append(out.state.probs_mean)
     # the state is the unaligned mean weak-view prediction of the step; the ring keeps the last da_len
     model.train()
     p = torch.softmax(model(batch.x_ulb_w * 6), -1).mean(0)
@@ -107,15 +107,16 @@ def test_rotation_labels_and_lambda_matters_and_compiles():
     algo = _algo()
     k = algo.sample_rotation(4000, torch.zeros(1))
     assert k.dtype == torch.int64 and set(k.tolist()) == {0, 1, 2, 3}
-    model = tiny(bn=True)
-    batch = make_batch(ReMixMatch.views)
+    model = tiny_net(bn=True)
+    batch = random_image_batch(ReMixMatch.views)
     step = torch.tensor(1000)
     kw = {}
     g1 = grad_with_lambda(ReMixMatch, kw, model, batch, step, lambda_u=1.0, **INIT)
     g0 = grad_with_lambda(ReMixMatch, kw, model, batch, step, lambda_u=0.0, **INIT)
     assert any((a - b).abs().max() > 1e-8 for a, b in zip(g1, g0))
-    fn = torch.compile(lambda b, s: algo(model, b, s), backend="eager", fullgraph=True)
+    teacher = teacher_copy(model)
+    fn = torch.compile(lambda b, s: algo(model, teacher, b, s), backend="eager", fullgraph=True)
     out = fn(batch, step)
     out.loss.backward()
     assert algo.rot_head.weight.grad is not None and algo.rot_head.weight.grad.abs().sum() > 0
-    algo.update_state(batch, out)
+    algo.update_state(batch, out.state)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from algo_helpers import IDENTITY, ce, logits_batch, random_logits, softmax
+from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits, softmax_by_hand
 from fastssl.algorithms.softmatch import SoftMatch, SoftMatchConfig
 
 C = 4
@@ -19,7 +19,7 @@ def reference(algo, w, s, lb, y):
     """Python floats: returns (loss, weights, mu, var, p_model) for one step from the algorithm's state."""
     cfg, n = algo.cfg, w.shape[0]
     m = cfg.ema_p
-    probs = [softmax(w[i]) for i in range(n)]
+    probs = [softmax_by_hand(w[i]) for i in range(n)]
     mean = [sum(p[c] for p in probs) / n for c in range(C)]
     first = int(algo.num_updates) == 0
     pm = mean if first else [m * float(algo.p_model[c]) + (1 - m) * mean[c] for c in range(C)]
@@ -33,8 +33,8 @@ def reference(algo, w, s, lb, y):
     mu = m * float(algo.prob_max_mu_t) + (1 - m) * bm
     var = m * float(algo.prob_max_var_t) + (1 - m) * bv
     wts = [1.0 if x >= mu else math.exp(-((x - mu) ** 2) / (2 * var / cfg.n_sigma ** 2)) for x in mx]
-    sup = sum(ce(lb[i], int(y[i])) for i in range(lb.shape[0])) / lb.shape[0]
-    unsup = sum(wts[i] * ce(s[i], probs[i].index(max(probs[i]))) for i in range(n)) / n  # unaligned argmax
+    sup = sum(ce_by_hand(lb[i], int(y[i])) for i in range(lb.shape[0])) / lb.shape[0]
+    unsup = sum(wts[i] * ce_by_hand(s[i], probs[i].index(max(probs[i]))) for i in range(n)) / n  # unaligned argmax
     return sup + unsup, wts, mu, var, pm
 
 
@@ -47,12 +47,12 @@ def test_weights_and_loss_match_loop_over_two_steps(ema_p):
     for t in range(2):
         w, s = random_logits(10, C, t), random_logits(10, C, t + 10)
         batch = logits_batch(w, s, lb, y)
-        out = algo(IDENTITY, batch, torch.tensor(t))
+        out = algo(IDENTITY, IDENTITY, batch, torch.tensor(t))
         loss, wts, mu, var, pm = reference(algo, w, s, lb, y)
-        assert out.state["mask"].tolist() == pytest.approx(wts, rel=1e-6)
+        assert out.state.mask.tolist() == pytest.approx(wts, rel=1e-6)
         assert float(out.loss.detach()) == pytest.approx(loss, rel=1e-6)
         assert any(x < 1 for x in wts) and any(x == 1 for x in wts)
-        algo.update_state(batch, out)
+        algo.update_state(batch, out.state)
         assert float(algo.prob_max_mu_t) == pytest.approx(mu, rel=1e-6)
         assert float(algo.prob_max_var_t) == pytest.approx(var, rel=1e-6)
         assert algo.p_model.tolist() == pytest.approx(pm, rel=1e-6)

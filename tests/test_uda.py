@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from algo_helpers import IDENTITY, ce, logits_batch, random_logits, soft_ce, softmax
+from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits, soft_ce_by_hand, softmax_by_hand
 from fastssl.algorithms.uda import UDA, UDAConfig, tsa_threshold
 
 C, K = 5, 1000
@@ -28,14 +28,14 @@ def test_loss_matches_per_sample_loop(schedule):
     n, B, step = 16, 8, 300
     w, s = random_logits(n, C, 0, scale=2.5), random_logits(n, C, 1)
     lb, y = random_logits(B, C, 2, scale=6.0), torch.arange(B) % C
-    out = algo(IDENTITY, logits_batch(w, s, lb, y), torch.tensor(step))
+    out = algo(IDENTITY, IDENTITY, logits_batch(w, s, lb, y), torch.tensor(step))
     eta = alpha(schedule, step / K) * (1 - 1 / C) + 1 / C
-    kept = [i for i in range(B) if softmax(lb[i])[int(y[i])] <= eta]
-    sup = sum(ce(lb[i], int(y[i])) for i in kept) / max(len(kept), 1)
+    kept = [i for i in range(B) if softmax_by_hand(lb[i])[int(y[i])] <= eta]
+    sup = sum(ce_by_hand(lb[i], int(y[i])) for i in kept) / max(len(kept), 1)
     unsup, nmask = 0.0, 0
     for i in range(n):
-        if max(softmax(w[i])) >= 0.8:  # confidence at T=1
-            unsup += soft_ce(s[i], softmax(w[i], T=0.4))
+        if max(softmax_by_hand(w[i])) >= 0.8:  # confidence at T=1
+            unsup += soft_ce_by_hand(s[i], softmax_by_hand(w[i], T=0.4))
             nmask += 1
     assert 0 < nmask < n
     if schedule != "none":

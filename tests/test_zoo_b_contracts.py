@@ -9,16 +9,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastssl.algorithms import ALGORITHMS
-from fastssl.algorithms.base import config_from_dict
-from zoo_b_helpers import make_batch, teacher_of, tiny
+from algo_testing import perturbed_teacher, random_image_batch, tiny_net
+from fastssl.algorithms import get_algorithm
 
 NAMES = ["pimodel", "meanteacher", "mixmatch", "remixmatch", "vat", "ict"]
 INIT = dict(num_classes=5, num_ulb=64, total_steps=100)
 
 
 def _build(name, **cfg):
-    cls = ALGORITHMS[name]
+    cls = get_algorithm(name)
     return cls(cls.Config(**cfg), **INIT, num_features=6)
 
 
@@ -26,23 +25,21 @@ def _build(name, **cfg):
 def test_every_option_is_documented(name):
     from fastssl.config import field_docs
 
-    docs = field_docs(ALGORITHMS[name].Config)
-    for f in dataclasses.fields(ALGORITHMS[name].Config):
+    docs = field_docs(get_algorithm(name).Config)
+    for f in dataclasses.fields(get_algorithm(name).Config):
         assert docs.get(f.name), f"{name}: --algo.{f.name} has no docstring"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast_step(name):
-    model = tiny(bn=True).float()
+    model = tiny_net(bn=True).float()
     algo = _build(name)
-    if algo.uses_teacher:
-        algo.set_teacher(teacher_of(model))
-    b = make_batch(ALGORITHMS[name].views)
+    b = random_image_batch(get_algorithm(name).views)
     b = b._replace(x_lb=b.x_lb.float(), x_ulb_w=b.x_ulb_w.float(), x_ulb_s=b.x_ulb_s.float(),
                    x_ulb_w_extra=tuple(x.float() for x in b.x_ulb_w_extra),
                    x_ulb_s_extra=tuple(x.float() for x in b.x_ulb_s_extra))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = algo(model, b, torch.tensor(50))
+        out = algo(model, perturbed_teacher(model), b, torch.tensor(50))
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -60,13 +57,13 @@ def _remix_rank(rank, world, port, q):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = tiny(bn=True)
+        model = tiny_net(bn=True)
         algo = _build("remixmatch", da_len=3).double()
         for s in range(2):
-            batch = make_batch(ALGORITHMS["remixmatch"].views, seed=10 * rank + s)  # different data per rank
-            out = algo(model, batch, torch.tensor(s))
-            algo.update_state(batch, out)
-        q.put((rank, algo.p_model_hist.tolist(), out.state["probs_mean"].tolist()))  # plain lists: no shared fds
+            batch = random_image_batch(get_algorithm("remixmatch").views, seed=10 * rank + s)  # different data per rank
+            out = algo(model, perturbed_teacher(model), batch, torch.tensor(s))
+            algo.update_state(batch, out.state)
+        q.put((rank, algo.p_model_hist.tolist(), out.state.probs_mean.tolist()))  # plain lists: no shared fds
     finally:
         dist.destroy_process_group()
 

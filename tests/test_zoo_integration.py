@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from fastssl.algorithms import ALGORITHMS
+from algo_testing import C, STEP, ConfidentNet, build_algo, teacher_copy
+from fastssl.algorithms import ALGORITHMS, get_algorithm
+from fastssl.batch import ViewSpec
 from fastssl.config import Config, apply_overrides
 from fastssl.data.augment import AugmentConfig
-from fastssl.batch import ViewSpec
 from fastssl.data.pipeline import TrainLoader
 from fastssl.train.trainer import Trainer
-from test_algorithms import C, STEP, TinyNet, attach_teacher, make_algo
 
 NAMES = sorted(ALGORITHMS)
 B, MU, HW = 4, 2, 8
 BY_SPEC: dict[ViewSpec, list[str]] = defaultdict(list)
 for _n in NAMES:
-    BY_SPEC[ALGORITHMS[_n].views].append(_n)
+    BY_SPEC[get_algorithm(_n).views].append(_n)
 SPECS = sorted(BY_SPEC)
 SMALL_POOL = AugmentConfig(ops=("Identity", "Rotate", "Solarize", "Equalize"), num_ops=2, flip_prob=0.5)  # quick to build
 
@@ -54,16 +54,15 @@ def test_pipeline_views_feed_every_algorithm(spec):
     assert (batch.x_lb_s is not None) == spec.lb_strong
     for name in BY_SPEC[spec]:
         torch.manual_seed(0)
-        model = TinyNet(scale=1.0)
-        algo = make_algo(name)
-        attach_teacher(algo, model)
-        out = algo(model, batch, torch.tensor(STEP))
+        model = ConfidentNet(scale=1.0)
+        algo = build_algo(name)
+        out = algo(model, teacher_copy(model), batch, torch.tensor(STEP))
         out.loss.backward()
         assert torch.isfinite(out.loss), name
         grads = [p.grad for p in model.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
         assert any(g.abs().sum() > 0 for g in grads), name
-        algo.update_state(batch, out)
+        algo.update_state(batch, out.state)
 
 
 SMOKE = {"data.batch_size": 8, "data.uratio": 2, "data.eval_batch_size": 450, "train.steps": 2,

@@ -1,36 +1,48 @@
-"""Algorithm registry. Adding an algorithm: one file, one import line here, one test file."""
+"""Algorithm registry: `--algo.name` → "module:Class", imported on first use (`get_algorithm`).
+
+Listing the names (`--help`, `fastssl info`, recipe names) imports no algorithm module; building or
+configuring one imports its module (torch only: the fused kernels, and Triton, are imported at the first
+loss computation). Adding an algorithm: its module, one line here, its test (README, "Adding an algorithm").
+"""
 from __future__ import annotations
 
-from fastssl.algorithms.adamatch import AdaMatch
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
-from fastssl.algorithms.dash import Dash
-from fastssl.algorithms.defixmatch import DeFixMatch
-from fastssl.algorithms.entmin import EntMin
-from fastssl.algorithms.fixmatch import FixMatch
-from fastssl.algorithms.flexmatch import FlexMatch
-from fastssl.algorithms.freematch import FreeMatch
-from fastssl.algorithms.ict import ICT
-from fastssl.algorithms.meanteacher import MeanTeacher
-from fastssl.algorithms.mixmatch import MixMatch
-from fastssl.algorithms.pimodel import PiModel
-from fastssl.algorithms.pseudolabel import PseudoLabel
-from fastssl.algorithms.remixmatch import ReMixMatch
-from fastssl.algorithms.softmatch import SoftMatch
-from fastssl.algorithms.supervised import Supervised
-from fastssl.algorithms.uda import UDA
-from fastssl.algorithms.vat import VAT
+import importlib
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
-    AdaMatch, Dash, DeFixMatch, EntMin, FixMatch, FlexMatch, FreeMatch, ICT, MeanTeacher, MixMatch, PiModel,
-    PseudoLabel, ReMixMatch, SoftMatch, Supervised, UDA, VAT,
-)}
+from fastssl.algorithms.base import Algorithm, AlgorithmConfig
+
+ALGORITHMS: dict[str, str] = {
+    "fixmatch": "fastssl.algorithms.fixmatch:FixMatch",
+    "supervised": "fastssl.algorithms.supervised:Supervised",
+    "flexmatch": "fastssl.algorithms.flexmatch:FlexMatch",
+    "freematch": "fastssl.algorithms.freematch:FreeMatch",
+    "softmatch": "fastssl.algorithms.softmatch:SoftMatch",
+    "uda": "fastssl.algorithms.uda:UDA",
+    "adamatch": "fastssl.algorithms.adamatch:AdaMatch",
+    "dash": "fastssl.algorithms.dash:Dash",
+    "pseudolabel": "fastssl.algorithms.pseudolabel:PseudoLabel",
+    "defixmatch": "fastssl.algorithms.defixmatch:DeFixMatch",
+    "entmin": "fastssl.algorithms.entmin:EntMin",
+    "pimodel": "fastssl.algorithms.pimodel:PiModel",
+    "meanteacher": "fastssl.algorithms.meanteacher:MeanTeacher",
+    "mixmatch": "fastssl.algorithms.mixmatch:MixMatch",
+    "remixmatch": "fastssl.algorithms.remixmatch:ReMixMatch",
+    "vat": "fastssl.algorithms.vat:VAT",
+    "ict": "fastssl.algorithms.ict:ICT",
+}
+"""name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
+    """The algorithm class registered as `name`, importing its module."""
     try:
-        return ALGORITHMS[name]
+        path = ALGORITHMS[name]
     except KeyError:
         raise ValueError(f"unknown algorithm --algo.name={name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}") from None
+    module, _, cls_name = path.partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    if cls.name != name:
+        raise RuntimeError(f"registry entry {name!r} → {path} names a class whose `name` is {cls.name!r}; make them agree")
+    return cls
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig", "StepOutput", "forward_cat", "get_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig", "get_algorithm"]

@@ -21,13 +21,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, dist_align, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels, PseudoLabelState
+from fastssl.algorithms.losses import dist_align
 from fastssl.batch import SSLBatch
-from fastssl.kernels import pseudo_label_ce
 from fastssl.collectives import all_gather_cat
 
 
@@ -41,15 +39,13 @@ class AdaMatchConfig(AlgorithmConfig):
     """one-hot pseudo-labels (argmax of the aligned probabilities) rather than the aligned probabilities"""
 
 
-class AdaMatch(Algorithm):
+class AdaMatch(PseudoLabelAlgorithm):
     name = "adamatch"
     Config = AdaMatchConfig
+    recipe = {"algo.tau": 0.95, "algo.ema_p": 0.999}
 
-    def __init__(self, cfg: AdaMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
-                         num_features=num_features)
-        C = num_classes
+    def init_state(self) -> None:
+        C = self.num_classes
         self.register_buffer("p_model", torch.full((C,), 1.0 / C))
         """EMA of the mean unlabeled weak-view prediction (the first batch's mean at first)"""
         self.register_buffer("p_target", torch.full((C,), 1.0 / C))
@@ -65,27 +61,18 @@ class AdaMatch(Algorithm):
         p_target = m * self.p_target + (1 - m) * probs_lb.mean(0)
         return p_model, p_target
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: AdaMatchConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        probs_lb = acc(logits_lb.detach()).softmax(-1)
-        probs_ulb_w = acc(logits_ulb_w.detach()).softmax(-1)
-        p_model, p_target = self.ema_step(probs_ulb_w, probs_lb)
-        aligned = dist_align(probs_ulb_w, p_target, p_model)
-        threshold = cfg.tau * probs_lb.max(-1).values.mean()  # 0-d, relative to the labeled confidence
-        # softmax(log p) = p: the fused kernel sees the aligned distribution as its weak "logits"
-        pl = pseudo_label_ce(aligned.clamp_min(1e-30).log(), logits_ulb_s, threshold, soft=not cfg.hard_label)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * pl.loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(), "threshold": threshold.float(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"probs_ulb": probs_ulb_w, "probs_lb": probs_lb,
-                                          "pseudo": pl.pseudo, "mask": pl.mask})
+        p_model, p_target = self.ema_step(p.probs_ulb_w, p.probs_lb)
+        aligned = dist_align(p.probs_ulb_w, p_target, p_model)
+        threshold = cfg.tau * p.probs_lb.max(-1).values.mean()  # 0-d, relative to the labeled confidence
+        # softmax(log p) = p: the fused kernel reads the aligned distribution as its weak "logits"
+        return PseudoLabels(threshold, logits_w=aligned.clamp_min(1e-30).log(), soft=not cfg.hard_label,
+                            metrics={"threshold": threshold.float()})
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
-        p_model, p_target = self.ema_step(all_gather_cat(out.state["probs_ulb"]), all_gather_cat(out.state["probs_lb"]))
+    def update_state(self, batch: SSLBatch, state: PseudoLabelState) -> None:
+        p_model, p_target = self.ema_step(all_gather_cat(state.probs_ulb), all_gather_cat(state.probs_lb))
         self.p_model.copy_(p_model)
         self.p_target.copy_(p_target)
         self.num_updates.add_(1)

@@ -1,36 +1,50 @@
-"""The interface every algorithm implements, and the pieces they share.
+"""The algorithm contract: `Algorithm`, and `PseudoLabelAlgorithm`, the base of the thresholded pseudo-label family.
 
 An algorithm is an `nn.Module` so that its state (FlexMatch's per-sample labels, FreeMatch's running
 statistics, distribution-alignment history) lives in registered buffers: moved by `.to()`, saved by
 `state_dict()`, restored exactly on resume. Its learnable parts, if any (ReMixMatch's rotation head), are
 parameters and are optimised with the model.
 
+A step, as the trainer runs it:
+
+    out = algorithm(student, teacher, batch, step)   # forward: StepOutput(loss, metrics, state)
+    out.loss.backward(); optimizer.step(); ema.update()
+    algorithm.update_state(batch, out.state)          # commit the state, identically on every rank
+
 Contract (what keeps the step compiled, static and sync-free):
-- `forward` uses fixed shapes only: masks multiply, they never index; no `.item()`/`.tolist()`.
+- `forward` uses fixed shapes only: masks multiply, they never index; no `.item()`/`.tolist()`; Python
+  branches read the config or class attributes, never tensor values.
 - `step` is a 0-d int64 tensor on the device, so schedules (ramps, warm-ups) never recompile.
+- `teacher` is the EMA teacher, handed in like the student (the trainer passes `EMATeacher.module`, in eval
+  mode, parameters without gradient); an algorithm that does not read it ignores it.
 - `update_state` is applied identically on every rank: anything derived from a rank's own batch is first
-  gathered with `fastssl.train.distributed.all_gather_cat` (fixed-size) or all-reduced.
+  gathered with `fastssl.collectives.all_gather_cat` (fixed-size) or all-reduced.
 - Metrics are 0-d tensors; the trainer reads them on the host once every `log_every` steps.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.losses import acc, entropy  # noqa: F401 (acc re-exported for the algorithms)
+from fastssl.algorithms.losses import (DISTANCES, acc, forward_cat, pseudo_label_ce, pseudo_label_metrics, ramp_up,
+                                      regularizers)
 from fastssl.batch import SSLBatch, ViewSpec
 
+S = TypeVar("S")
 
-class StepOutput(NamedTuple):
+
+class StepOutput(NamedTuple, Generic[S]):
     loss: Tensor
     """0-d total loss to backpropagate"""
     metrics: dict[str, Tensor]
     """0-d tensors to log, e.g. sup_loss, unsup_loss, mask_ratio (no host sync here)"""
-    state: dict[str, Tensor]
-    """what `update_state` needs from this step (detached), e.g. pseudo, mask, maxprob"""
+    state: S
+    """what `update_state` needs from this step, detached: a NamedTuple of the algorithm's family
+    (`PseudoLabelState`, ...), or None for an algorithm without state"""
 
 
 @dataclasses.dataclass
@@ -50,23 +64,25 @@ class AlgorithmConfig:
 
 
 class Algorithm(nn.Module):
-    """Base class. Subclasses set `name`, `Config`, `views`, and implement `forward`."""
+    """Base class. A subclass sets `name`, `Config`, `views` (and `recipe`), registers its state in
+    `init_state`, and implements `forward` (and `update_state` if it has state)."""
 
     name: ClassVar[str] = ""
     """registry key, e.g. "fixmatch" (also the `--algo.name` value)"""
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
-    """the algorithm's hyper-parameters, documented in place"""
+    """the algorithm's hyper-parameters, documented in place (they become `--algo.<field>` options)"""
     views: ClassVar[ViewSpec] = ViewSpec(num_weak=1, num_strong=1)
-    """the unlabeled views the pipeline must produce"""
-    uses_teacher: ClassVar[bool] = False
-    """True if `forward` reads the EMA teacher (Mean Teacher, ICT): the trainer then calls `set_teacher`"""
+    """the views the pipeline must produce (unlabeled weak/strong counts, a labeled strong view)"""
+    recipe: ClassVar[dict[str, Any]] = {}
+    """the published protocol's options on top of the common base recipe (fastssl/recipes.py), e.g.
+    {"algo.tau": 0.95, "data.uratio": 1}: the recipes cifar10_<name>_{40,250,4000} are derived from it"""
 
     def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
                  num_features: int = 0):
         """`num_ulb`: size of the (global) unlabeled set, for per-sample state; `total_steps`: the run's
         length K, for ramps and warm-ups defined as fractions of training; `num_features`: the model's pooled
         feature width (`model.num_features`), for algorithms with heads of their own (ReMixMatch's rotation
-        head); 0 = not given."""
+        head); 0 = not given. Subclasses do not override this: they declare their state in `init_state`."""
         super().__init__()
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
@@ -75,110 +91,186 @@ class Algorithm(nn.Module):
         self.num_ulb = num_ulb
         self.total_steps = total_steps
         self.num_features = num_features
-        self._teacher: list[nn.Module] = []  # a list, so the teacher is not registered as a submodule
+        self.init_state()
 
-    def set_teacher(self, teacher: nn.Module) -> None:
-        """Gives the algorithm the EMA teacher (not owned: not in this module's state_dict)."""
-        self._teacher[:] = [teacher]
+    def init_state(self) -> None:
+        """Registers the algorithm's state: buffers (`self.register_buffer(name, tensor)`, a docstring line
+        under each) and learnable parts (modules). Runs at the end of `__init__`, with `cfg`, `num_classes`,
+        `num_ulb`, `total_steps` and `num_features` set. Default: no state."""
 
-    @property
-    def teacher(self) -> nn.Module:
-        if not self._teacher:
-            raise RuntimeError(f"{self.name} reads the EMA teacher, but set_teacher() was never called")
-        return self._teacher[0]
-
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:  # pragma: no cover
-        raise NotImplementedError
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+        raise NotImplementedError  # pragma: no cover
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
-        """Updates buffers after the optimizer step. No-op unless the algorithm has state."""
-
-    def regularizers(self, logits_ulb: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The opt-in add-ons (`entmin_weight`, `cbl_weight`, `mcc_weight`) on `logits_ulb` (N, C), the
-        unlabeled weak view's logits *with* gradient (where an algorithm has no weak-view pass with gradient,
-        the unlabeled logits that carry it, named in its forward: Mean Teacher the student's second weak
-        view, MixMatch and ICT the mixed unlabeled rows, ReMixMatch the first strong view). Returns
-        (weighted sum to add to the loss, metrics). Every SSL algorithm adds this to its loss (`supervised`
-        has no unlabeled logits and rejects nonzero weights); with all weights 0 it is a constant 0 and adds nothing to
-        the graph (the branches read the config, never tensor values)."""
-        cfg = self.cfg
-        logits = acc(logits_ulb)
-        loss = logits.new_zeros(())
-        metrics: dict[str, Tensor] = {}
-        if cfg.entmin_weight > 0:
-            ent = entropy_loss(logits)
-            loss = loss + cfg.entmin_weight * ent
-            metrics["entmin_loss"] = ent.detach()
-        if cfg.cbl_weight > 0:
-            cbl = class_balance_loss(logits)
-            loss = loss + cfg.cbl_weight * cbl
-            metrics["cbl_loss"] = cbl.detach()
-        if cfg.mcc_weight > 0:
-            mcc = mcc_loss(logits, cfg.mcc_T)
-            loss = loss + cfg.mcc_weight * mcc
-            metrics["mcc_loss"] = mcc.detach()
-        return loss, metrics
+    def update_state(self, batch: SSLBatch, state: Any) -> None:
+        """Commits `state` (this step's `StepOutput.state`) into the buffers, after the optimizer step and
+        identically on every rank. Default: nothing (no state)."""
 
 
-def entropy_loss(logits: Tensor) -> Tensor:
-    """Mean Shannon entropy (nats) of softmax(logits) over the rows: entropy minimisation
-    (Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004)."""
-    return entropy(logits).mean()
+# --- the thresholded pseudo-label family -----------------------------------------------------------------
+class Predictions(NamedTuple):
+    """One forward of the family over [x_lb, (x_lb_s), x_ulb_w, (x_ulb_s)], handed to its hooks."""
+
+    logits_lb: Tensor
+    """(B, C) labeled weak view, with gradient"""
+    logits_lb_s: Tensor | None
+    """(B, C) labeled strong view, with gradient (only when `views.lb_strong`)"""
+    logits_ulb_w: Tensor
+    """(μB, C) unlabeled weak view, with gradient"""
+    logits_ulb_s: Tensor
+    """(μB, C) the view trained towards the pseudo-labels: the strong view, or the weak view itself when the
+    algorithm declares no strong view (Pseudo-Label)"""
+    probs_lb: Tensor
+    """(B, C) softmax of the detached labeled logits, accumulation dtype"""
+    probs_ulb_w: Tensor
+    """(μB, C) softmax of the detached unlabeled weak logits, accumulation dtype"""
 
 
-def class_balance_loss(logits: Tensor) -> Tensor:
-    """Binary cross-entropy between the batch-mean prediction p̄ and the uniform distribution, averaged
-    over classes: −(1/C) Σ_c [(1/C) log p̄_c + (1 − 1/C) log(1 − p̄_c)] (French, Mackiewicz & Fisher,
-    "Self-ensembling for visual domain adaptation", ICLR 2018, arXiv:1706.05208). Penalises a batch whose
-    predictions collapse onto few classes."""
-    C = logits.shape[-1]
-    pbar = logits.softmax(-1).mean(0)  # (C,)
-    eps = torch.finfo(pbar.dtype).tiny
-    u = 1.0 / C
-    return -(u * pbar.clamp_min(eps).log() + (1 - u) * (1 - pbar).clamp_min(eps).log()).mean()
+class PseudoLabels(NamedTuple):
+    """What a member of the family decides for this step: how the pseudo-labels are read and weighted.
+    `pseudo_label_ce` gets (logits_w, threshold, T, soft, sample_weight)."""
+
+    threshold: Tensor | float = 0.0
+    """mask = max softmax(logits_w) ≥ threshold: a float, a 0-d tensor, or (C,) read at the pseudo-label's class"""
+    sample_weight: Tensor | None = None
+    """(μB,) per-sample weights used instead of the threshold mask (SoftMatch, Dash)"""
+    logits_w: Tensor | None = None
+    """(μB, C) detached logits the pseudo-labels (argmax) and soft targets softmax(logits_w/T) are read
+    from; None: the weak view's own (AdaMatch passes its aligned log-probabilities)"""
+    T: float = 1.0
+    """temperature of the soft targets"""
+    soft: bool = False
+    """soft targets softmax(logits_w/T) instead of one-hot pseudo-labels"""
+    unsup_weight: Tensor | float = 1.0
+    """0-d factor on the whole unlabeled part (λ_u·L_u + extra_loss + add-ons): Pseudo-Label's ramp, Dash's warm-up"""
+    metrics: dict[str, Tensor] | None = None
+    """the algorithm's own 0-d metrics (thresholds, EMA statistics)"""
+    aux: tuple[Tensor, ...] = ()
+    """tensors computed here that `extra_loss` reads again (FreeMatch: p̃ and h̃ after this step's EMA)"""
 
 
-def mcc_loss(logits: Tensor, T: float = 2.5) -> Tensor:
-    """Minimum Class Confusion (Jin, Wang, Long & Wang, "Minimum Class Confusion for Versatile Domain
-    Adaptation", ECCV 2020, arXiv:1912.03699): Ŷ = softmax(logits/T); sample weights
-    W_i = N(1 + e^{−H(Ŷ_i)}) / Σ_j (1 + e^{−H(Ŷ_j)}) (entropy detached, as the authors' code);
-    confusion C = Ŷᵀ diag(W) Ŷ, each column normalised to sum 1; loss = Σ of the off-diagonal / #classes."""
-    N, C = logits.shape
-    p = (logits / T).softmax(-1)  # (N, C)
-    h = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).detach()
-    w = 1 + torch.exp(-h)
-    w = N * w / w.sum()
-    conf = (p * w[:, None]).T @ p  # (C, C), symmetric
-    conf = conf / conf.sum(0, keepdim=True)
-    return (conf.sum() - conf.trace()) / C
+class PseudoLabelState(NamedTuple):
+    """The family's `StepOutput.state`: every tensor detached, from this rank's batch."""
+
+    probs_lb: Tensor
+    """(B, C) labeled weak-view probabilities"""
+    probs_ulb: Tensor
+    """(μB, C) unlabeled weak-view probabilities"""
+    pseudo: Tensor
+    """(μB,) int64 pseudo-labels"""
+    mask: Tensor
+    """(μB,) weight each pseudo-label got (0/1 from the threshold, or the sample weights)"""
+    maxprob: Tensor
+    """(μB,) max-probability of `logits_w`"""
+    sup_loss: Tensor
+    """0-d labeled loss"""
+    step: Tensor
+    """0-d step this state was computed at"""
 
 
-def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor) -> Tensor:
-    """Distribution alignment (ReMixMatch, AdaMatch, SoftMatch): probs · (p_target + ε) / (p_model + ε),
-    renormalised per row; ε = 1e-6 as the reference code."""
-    aligned = probs * (p_target + 1e-6) / (p_model + 1e-6)
-    return aligned / aligned.sum(-1, keepdim=True)
+class PseudoLabelAlgorithm(Algorithm):
+    """FixMatch and every method that differs from it only in how pseudo-labels are thresholded or weighted.
+
+    One forward for the family: one `forward_cat` over the declared views, the labeled loss, the fused
+    masked pseudo-label cross-entropy (`pseudo_label_ce`), the add-on regularizers on the weak view, the
+    pseudo-label metrics, and a `PseudoLabelState` for `update_state`:
+
+        loss = supervised_loss + unsup_weight · (λ_u · L_u + extra_loss + add-ons)
+
+    A member implements `pseudo_labels` (its threshold or weights, from its state) and, if it has state,
+    `init_state` and `update_state`; `supervised_loss` (UDA's annealing, DeFixMatch's two views) and
+    `extra_loss` (FreeMatch's fairness, DeFixMatch's debiasing) are optional."""
+
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
+        """This step's thresholds or sample weights (and target logits, temperature, soft/hard), read from
+        the state *before* this step's update."""
+        raise NotImplementedError  # pragma: no cover
+
+    def supervised_loss(self, p: Predictions, batch: SSLBatch, step: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(0-d labeled loss, extra metrics). Default: cross-entropy on the labeled weak view."""
+        return F.cross_entropy(acc(p.logits_lb), batch.y_lb), {}
+
+    def extra_loss(self, p: Predictions, pl: Any, sel: PseudoLabels) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """(weighted term added to the unlabeled part, metrics); `pl` is the `PseudoLabelOutput` of the
+        unlabeled batch (loss, mask, pseudo, maxprob). Default: nothing."""
+        return 0.0, {}
+
+    def predict(self, student: nn.Module, batch: SSLBatch) -> Predictions:
+        xs = [batch.x_lb]
+        if self.views.lb_strong:
+            if batch.x_lb_s is None:
+                raise ValueError(f"{self.name} needs a strong view of the labeled images (batch.x_lb_s): build "
+                                 "the pipeline from the algorithm's ViewSpec (lb_strong=True)")
+            xs.append(batch.x_lb_s)
+        xs.append(batch.x_ulb_w)
+        if self.views.num_strong:
+            xs.append(batch.x_ulb_s)
+        logits = list(forward_cat(student, *xs))
+        logits_lb = logits.pop(0)
+        logits_lb_s = logits.pop(0) if self.views.lb_strong else None
+        logits_ulb_w = logits.pop(0)
+        logits_ulb_s = logits.pop(0) if self.views.num_strong else logits_ulb_w
+        return Predictions(logits_lb, logits_lb_s, logits_ulb_w, logits_ulb_s,
+                           acc(logits_lb.detach()).softmax(-1), acc(logits_ulb_w.detach()).softmax(-1))
+
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+        p = self.predict(student, batch)
+        sup_loss, sup_metrics = self.supervised_loss(p, batch, step)
+        sel = self.pseudo_labels(p, step)
+        logits_w = p.logits_ulb_w.detach() if sel.logits_w is None else sel.logits_w
+        pl = pseudo_label_ce(logits_w, p.logits_ulb_s, sel.threshold, sel.T, soft=sel.soft, weight=sel.sample_weight)
+        extra, extra_metrics = self.extra_loss(p, pl, sel)
+        reg_loss, reg_metrics = regularizers(p.logits_ulb_w, self.cfg)
+        loss = sup_loss + sel.unsup_weight * (self.cfg.lambda_u * pl.loss + extra + reg_loss)
+        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(), **sup_metrics,
+                   **(sel.metrics or {}), **extra_metrics, **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb),
+                   **reg_metrics}
+        state = PseudoLabelState(p.probs_lb, p.probs_ulb_w, pl.pseudo, pl.mask, pl.maxprob, sup_loss.detach(), step)
+        return StepOutput(loss, metrics, state)
 
 
-def forward_cat(model: nn.Module, *xs: Tensor) -> tuple[Tensor, ...]:
-    """One forward over the concatenation of `xs`, split back into one output per input.
+# --- consistency to a target prediction (Π-Model, Mean Teacher) ------------------------------------------
+@dataclasses.dataclass
+class ConsistencyConfig(AlgorithmConfig):
+    """Options shared by Π-Model and Mean Teacher."""
 
-    One forward instead of several: one kernel launch per layer, and BatchNorm statistics over the
-    whole batch (the FixMatch convention). Empty inputs (0 rows) are allowed and give empty outputs.
-    """
-    sizes = [x.shape[0] for x in xs]
-    logits = model(torch.cat(xs)) if len(xs) > 1 else model(xs[0])
-    return tuple(logits.split(sizes))
+    consistency: str = "mse"
+    """distance between the prediction and its target: mse (softmax MSE, the papers'), l1, kl, js"""
+    unsup_warmup: float = 0.4
+    """the unlabeled weight ramps up over this fraction of train.steps (0 = full weight from step 0)"""
+    ramp: str = "linear"
+    """ramp-up shape: linear (USB) or sigmoid exp(-5(1-t)^2) (Laine & Aila, Tarvainen & Valpola)"""
+
+    def __post_init__(self):
+        if self.consistency not in DISTANCES:
+            raise ValueError(f"--algo.consistency={self.consistency!r}: use one of {', '.join(DISTANCES)}")
+        if self.ramp not in ("linear", "sigmoid"):
+            raise ValueError(f"--algo.ramp={self.ramp!r}: use linear or sigmoid")
+        if not 0 <= self.unsup_warmup <= 1:
+            raise ValueError(f"--algo.unsup_warmup={self.unsup_warmup} is a fraction of train.steps: use [0, 1]")
 
 
-def config_from_dict(cls: type[AlgorithmConfig], values: dict[str, Any]) -> AlgorithmConfig:
-    """Builds `cls` from `values`, with an error that names unknown keys and the valid ones."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join('--algo.' + k for k in unknown)} for this algorithm; "
-            f"valid: {', '.join('--algo.' + n for n in sorted(names))}"
-        )
-    return cls(**values)
+class ConsistencyAlgorithm(Algorithm):
+    """Labeled cross-entropy plus a ramped consistency distance between the student's prediction on one
+    weak view and a detached target prediction on another. A member implements `predict`: where the
+    target comes from (the student itself, the EMA teacher)."""
+
+    Config = ConsistencyConfig
+    views = ViewSpec(num_weak=2, num_strong=0)
+
+    def predict(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(labeled logits, student logits trained towards the target, detached target probabilities,
+        unlabeled logits with gradient for the add-on regularizers)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+        cfg: ConsistencyConfig = self.cfg
+        logits_lb, logits_student, target, reg_logits = self.predict(student, teacher, batch)
+        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
+        unsup_loss = DISTANCES[cfg.consistency](logits_student, target).mean()
+        weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, cfg.ramp)
+        reg_loss, reg_metrics = regularizers(reg_logits, cfg)
+        loss = sup_loss + weight * unsup_loss + reg_loss
+        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
+                   **reg_metrics}
+        return StepOutput(loss, metrics, None)

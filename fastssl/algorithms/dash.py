@@ -18,8 +18,9 @@ Differences from the reference (USB), on purpose:
 - The warm-up is part of the run's `total_steps` and both lengths are fractions of it (the USB defaults,
   2,048 warm-up iterations and an update every 10 epochs of 1,024 iterations, out of 2^20), so the same
   schedule fits short runs. Every switch (warm-up, soft→hard) is a tensor `where`, never a Python branch.
-- The loss is plain PyTorch, not the fused kernel: the mask is loss-based and the target switches from
-  soft to hard on a tensor condition, which the kernel's (threshold, T) signature does not express.
+- The loss runs in the family's fused kernel with the loss-based mask as per-sample weights; the target
+  switches from soft to hard on a tensor condition, so the kernel reads it from logits that encode it:
+  the weak logits while soft, log(one-hot) (0 and −inf, whose softmax is exactly one-hot) once hard.
 """
 from __future__ import annotations
 
@@ -27,12 +28,10 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
-from fastssl.algorithms.losses import one_hot
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels, PseudoLabelState
+from fastssl.algorithms.losses import acc, one_hot
 from fastssl.batch import SSLBatch
 from fastssl.collectives import all_reduce_sum, world_size
 
@@ -53,17 +52,16 @@ class DashConfig(AlgorithmConfig):
     """ρ_t is updated every this fraction of training (USB: every 10 epochs of 1,024 steps, of 2^20)"""
 
 
-class Dash(Algorithm):
+class Dash(PseudoLabelAlgorithm):
     name = "dash"
     Config = DashConfig
+    recipe = {"algo.gamma": 1.27, "algo.C": 1.0001, "algo.rho_min": 0.05, "algo.T": 0.5}
 
-    def __init__(self, cfg: DashConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
-                         num_features=num_features)
-        self.warmup_steps = int(cfg.warmup_frac * total_steps)
-        self.update_every = max(1, int(cfg.rho_update_frac * total_steps))
-        self.register_buffer("rho_init", torch.tensor(math.log(num_classes)))
+    def init_state(self) -> None:
+        cfg: DashConfig = self.cfg
+        self.warmup_steps = int(cfg.warmup_frac * self.total_steps)
+        self.update_every = max(1, int(cfg.rho_update_frac * self.total_steps))
+        self.register_buffer("rho_init", torch.tensor(math.log(self.num_classes)))
         """ρ̂: EMA of the labeled loss over the warm-up steps (ln C until the first warm-up step)"""
         self.register_buffer("num_warmup_updates", torch.tensor(0, dtype=torch.long))
         """warm-up steps seen (0: ρ̂ takes the first value)"""
@@ -74,30 +72,23 @@ class Dash(Algorithm):
         k = torch.div((step - self.warmup_steps).clamp_min(0), self.update_every, rounding_mode="floor")
         return (cfg.C * cfg.gamma ** (-k.to(torch.float32)) * self.rho_init).clamp_min(cfg.rho_min)
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: DashConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
         rho = self.rho(step)
-        hard = rho <= cfg.rho_min
-        lw = acc(logits_ulb_w.detach())
-        pseudo = lw.argmax(-1)
-        target = torch.where(hard, one_hot(pseudo, self.num_classes, lw.dtype), (lw / cfg.T).softmax(-1))
+        lw = acc(p.logits_ulb_w.detach())
+        target_logits = torch.where(rho <= cfg.rho_min, one_hot(lw.argmax(-1), self.num_classes, lw.dtype).log(), lw)
+        target = (target_logits / cfg.T).softmax(-1)
         loss_w = -(target * lw.log_softmax(-1)).sum(-1)  # (μB,) the weak view's loss on its own target
-        mask = (loss_w <= rho).to(lw.dtype)
-        unsup_loss = (-(target * acc(logits_ulb_s).log_softmax(-1)).sum(-1) * mask).mean()
-        in_warmup = step < self.warmup_steps
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + torch.where(in_warmup, 0.0, cfg.lambda_u * unsup_loss + reg_loss)
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "rho": rho.float(),
-                   **pseudo_label_metrics(mask, pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"sup_loss": sup_loss.detach(), "in_warmup": in_warmup,
-                                          "pseudo": pseudo, "mask": mask})
+        keep = (loss_w <= rho).to(lw.dtype)
+        trains = (step >= self.warmup_steps).to(lw.dtype)  # 0 during the warm-up: labeled loss only
+        return PseudoLabels(0.0, sample_weight=keep, logits_w=target_logits, T=cfg.T, soft=True, unsup_weight=trains,
+                            metrics={"rho": rho.float()})
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
-        lb_loss = all_reduce_sum(out.state["sup_loss"].float()) / world_size()
+    def update_state(self, batch: SSLBatch, state: PseudoLabelState) -> None:
+        lb_loss = all_reduce_sum(state.sup_loss.float()) / world_size()
+        in_warmup = state.step < self.warmup_steps
         first = self.num_warmup_updates == 0
         ema = torch.where(first, lb_loss, 0.9 * self.rho_init + 0.1 * lb_loss)
-        self.rho_init.copy_(torch.where(out.state["in_warmup"], ema, self.rho_init))
-        self.num_warmup_updates.add_(out.state["in_warmup"].long())
+        self.rho_init.copy_(torch.where(in_warmup, ema, self.rho_init))
+        self.num_warmup_updates.add_(in_warmup.long())

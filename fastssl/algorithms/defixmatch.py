@@ -16,12 +16,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels
+from fastssl.algorithms.losses import acc, pseudo_label_ce
 from fastssl.batch import SSLBatch, ViewSpec
-from fastssl.kernels import pseudo_label_ce
 
 
 @dataclasses.dataclass
@@ -34,25 +33,21 @@ class DeFixMatchConfig(AlgorithmConfig):
     """one-hot pseudo-labels (argmax) rather than soft targets"""
 
 
-class DeFixMatch(Algorithm):
+class DeFixMatch(PseudoLabelAlgorithm):
     name = "defixmatch"
     Config = DeFixMatchConfig
     views = ViewSpec(num_weak=1, num_strong=1, lb_strong=True)
+    recipe = {"algo.tau": 0.95}
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: DeFixMatchConfig = self.cfg
-        if batch.x_lb_s is None:
-            raise ValueError("defixmatch needs a strong view of the labeled images (batch.x_lb_s): build the "
-                             "pipeline from the algorithm's ViewSpec (lb_strong=True)")
-        logits_lb, logits_lb_s, logits_ulb_w, logits_ulb_s = forward_cat(
-            model, batch.x_lb, batch.x_lb_s, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = 0.5 * (F.cross_entropy(acc(logits_lb), batch.y_lb) + F.cross_entropy(acc(logits_lb_s), batch.y_lb))
-        soft = not cfg.hard_label
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, cfg.tau, cfg.T, soft=soft)
-        pl_lb = pseudo_label_ce(logits_lb.detach(), logits_lb_s, cfg.tau, cfg.T, soft=soft)  # the debiasing term
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * (pl.loss - pl_lb.loss) + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(), "anti_unsup_loss": pl_lb.loss.detach(),
-                   "mask_ratio_lb": pl_lb.mask.float().mean(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"pseudo": pl.pseudo, "mask": pl.mask})
+        return PseudoLabels(cfg.tau, T=cfg.T, soft=not cfg.hard_label)
+
+    def supervised_loss(self, p: Predictions, batch: SSLBatch, step: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return 0.5 * (F.cross_entropy(acc(p.logits_lb), batch.y_lb) + F.cross_entropy(acc(p.logits_lb_s), batch.y_lb)), {}
+
+    def extra_loss(self, p: Predictions, pl, sel: PseudoLabels) -> tuple[Tensor, dict[str, Tensor]]:
+        """The debiasing term: the same pseudo-label loss on the labeled images, subtracted."""
+        pl_lb = pseudo_label_ce(p.logits_lb.detach(), p.logits_lb_s, sel.threshold, sel.T, soft=sel.soft)
+        return -self.cfg.lambda_u * pl_lb.loss, {"anti_unsup_loss": pl_lb.loss.detach(),
+                                                 "mask_ratio_lb": pl_lb.mask.float().mean()}

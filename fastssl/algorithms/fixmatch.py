@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.batch import SSLBatch
-from fastssl.kernels import pseudo_label_ce
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels
 
 
 @dataclasses.dataclass
@@ -28,27 +24,10 @@ class FixMatchConfig(AlgorithmConfig):
     """one-hot pseudo-labels (argmax) rather than soft targets"""
 
 
-def pseudo_label_metrics(mask: Tensor, pseudo: Tensor, y_ulb: Tensor) -> dict[str, Tensor]:
-    """Mask ratio and accuracy of the selected pseudo-labels, as 0-d tensors (no host sync)."""
-    mask = mask.float()
-    correct = (pseudo == y_ulb).float()
-    return {
-        "mask_ratio": mask.mean(),
-        "pl_acc": (correct * mask).sum() / mask.sum().clamp_min(1.0),
-    }
-
-
-class FixMatch(Algorithm):
+class FixMatch(PseudoLabelAlgorithm):
     name = "fixmatch"
     Config = FixMatchConfig
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: FixMatchConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, cfg.tau, cfg.T, soft=not cfg.hard_label)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * pl.loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"pseudo": pl.pseudo, "mask": pl.mask, "maxprob": pl.maxprob})
+        return PseudoLabels(cfg.tau, T=cfg.T, soft=not cfg.hard_label)

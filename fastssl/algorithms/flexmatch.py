@@ -31,13 +31,10 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels, PseudoLabelState
 from fastssl.batch import SSLBatch
-from fastssl.kernels import pseudo_label_ce
 from fastssl.collectives import all_gather_cat
 
 MAPPINGS = ("convex", "linear", "concave")
@@ -78,40 +75,31 @@ def map_effect(beta: Tensor, mapping: str) -> Tensor:
     return torch.log1p(beta) / math.log(2)
 
 
-class FlexMatch(Algorithm):
+class FlexMatch(PseudoLabelAlgorithm):
     name = "flexmatch"
     Config = FlexMatchConfig
+    recipe = {"algo.tau": 0.95, "algo.thresh_warmup": True, "algo.mapping": "convex"}
 
-    def __init__(self, cfg: FlexMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
-                         num_features=num_features)
-        self.register_buffer("selected_label", torch.full((num_ulb,), -1, dtype=torch.long))
+    def init_state(self) -> None:
+        self.register_buffer("selected_label", torch.full((self.num_ulb,), -1, dtype=torch.long))
         """(num_ulb,) class each unlabeled sample was last predicted as with confidence ≥ τ; −1 = never"""
-        self.register_buffer("classwise_acc", torch.zeros(num_classes))
+        self.register_buffer("classwise_acc", torch.zeros(self.num_classes))
         """(C,) learning effect β(c) from `selected_label` (kept in step with it by `update_state`)"""
 
     def thresholds(self) -> Tensor:
         """(C,) class-wise thresholds τ·M(β(c)) for the current state."""
         return self.cfg.tau * map_effect(self.classwise_acc, self.cfg.mapping)
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: FlexMatchConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, self.thresholds(), cfg.T, soft=not cfg.hard_label)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * pl.loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(),
-                   "beta_mean": self.classwise_acc.mean(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"pseudo": pl.pseudo, "mask": pl.mask, "maxprob": pl.maxprob})
+        return PseudoLabels(self.thresholds(), T=cfg.T, soft=not cfg.hard_label,
+                            metrics={"beta_mean": self.classwise_acc.mean()})
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
+    def update_state(self, batch: SSLBatch, state: PseudoLabelState) -> None:
         idx = all_gather_cat(batch.idx_ulb)  # (world·μB,) identical on every rank from here on
-        pseudo = all_gather_cat(out.state["pseudo"])
-        select = all_gather_cat(out.state["maxprob"]) >= self.cfg.tau
+        pseudo = all_gather_cat(state.pseudo)
+        select = all_gather_cat(state.maxprob) >= self.cfg.tau
         # Unselected rows write into a dump slot at index num_ulb; amax makes duplicates order-independent.
         target = torch.where(select, idx, torch.full_like(idx, self.num_ulb))
         ext = torch.cat([self.selected_label, self.selected_label.new_full((1,), -1)])

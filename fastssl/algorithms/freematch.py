@@ -21,14 +21,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
-from fastssl.algorithms.losses import one_hot
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels, PseudoLabelState
+from fastssl.algorithms.losses import acc, one_hot
 from fastssl.batch import SSLBatch
-from fastssl.kernels import pseudo_label_ce
 from fastssl.collectives import all_gather_cat
 
 
@@ -63,19 +60,18 @@ def fairness_loss(mask: Tensor, logits_s: Tensor, p_model: Tensor, label_hist: T
     return (target * torch.log(mean_s + 1e-12)).sum() * (n > 0).to(probs_s.dtype)
 
 
-class FreeMatch(Algorithm):
+class FreeMatch(PseudoLabelAlgorithm):
     name = "freematch"
     Config = FreeMatchConfig
+    recipe = {"algo.ema_p": 0.999, "algo.lambda_e": 0.001}
 
-    def __init__(self, cfg: FreeMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
-                         num_features=num_features)
-        self.register_buffer("time_p", torch.tensor(1.0 / num_classes))
+    def init_state(self) -> None:
+        C = self.num_classes
+        self.register_buffer("time_p", torch.tensor(1.0 / C))
         """global confidence τ_t (EMA of the mean max-probability), starts at 1/C"""
-        self.register_buffer("p_model", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("p_model", torch.full((C,), 1.0 / C))
         """p̃_t: EMA of the mean predicted class distribution"""
-        self.register_buffer("label_hist", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("label_hist", torch.full((C,), 1.0 / C))
         """h̃_t: EMA of the histogram of predicted classes"""
 
     def ema_step(self, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,25 +88,21 @@ class FreeMatch(Algorithm):
         label_hist = m * self.label_hist + (1 - m) * hist
         return time_p, p_model, label_hist
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: FreeMatchConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        probs_ulb_w = acc(logits_ulb_w.detach()).softmax(-1)
-        time_p, p_model, label_hist = self.ema_step(probs_ulb_w)
+        time_p, p_model, label_hist = self.ema_step(p.probs_ulb_w)
         thresholds = time_p * p_model / p_model.max()  # (C,)
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, thresholds, cfg.T, soft=not cfg.hard_label)
-        fair = fairness_loss(pl.mask, acc(logits_ulb_s), p_model, label_hist)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * pl.loss + cfg.lambda_e * fair + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(), "fair_loss": fair.detach(),
-                   "time_p": time_p.detach().float(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"probs": probs_ulb_w, "pseudo": pl.pseudo, "mask": pl.mask})
+        return PseudoLabels(thresholds, T=cfg.T, soft=not cfg.hard_label, metrics={"time_p": time_p.detach().float()},
+                            aux=(p_model, label_hist))
+
+    def extra_loss(self, p: Predictions, pl, sel: PseudoLabels) -> tuple[Tensor, dict[str, Tensor]]:
+        p_model, label_hist = sel.aux
+        fair = fairness_loss(pl.mask, acc(p.logits_ulb_s), p_model, label_hist)
+        return self.cfg.lambda_e * fair, {"fair_loss": fair.detach()}
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
-        time_p, p_model, label_hist = self.ema_step(all_gather_cat(out.state["probs"]))
+    def update_state(self, batch: SSLBatch, state: PseudoLabelState) -> None:
+        time_p, p_model, label_hist = self.ema_step(all_gather_cat(state.probs_ulb))
         self.time_p.copy_(time_p)
         self.p_model.copy_(p_model)
         self.label_hist.copy_(label_hist)

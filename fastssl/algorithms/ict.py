@@ -23,9 +23,9 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
-from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, one_hot, ramp_up, random_permutation, soft_ce, acc
+from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
+from fastssl.algorithms.losses import (acc, forward_batch_stats, forward_cat, mixup, mixup_lambda, mse, one_hot, ramp_up,
+                                       random_permutation, regularizers, soft_ce)
 from fastssl.batch import SSLBatch, ViewSpec
 
 
@@ -50,17 +50,19 @@ class ICT(Algorithm):
     name = "ict"
     Config = ICTConfig
     views = ViewSpec(num_weak=1, num_strong=0)
-    uses_teacher = True
+    # no USB config: the ICT authors' CIFAR-10 command
+    recipe = {"algo.lambda_u": 100.0, "algo.mixup_alpha": 1.0, "algo.mixup_alpha_sup": 1.0, "algo.unsup_warmup": 0.25,
+              "data.uratio": 1}
 
     def sample_mix(self, n: int, like: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
         """(λ ~ Beta(α, α), permutation of n rows), on the device. Tests replace it to inject fixed values."""
         return mixup_lambda(alpha, like, biased=False), random_permutation(n, like.device)
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: ICTConfig = self.cfg
         x_u = batch.x_ulb_w
         with torch.no_grad():
-            probs_t = acc(forward_batch_stats(self.teacher, x_u)).softmax(-1)  # (μB, C)
+            probs_t = acc(forward_batch_stats(teacher, x_u)).softmax(-1)  # (μB, C)
         lam_u, perm_u = self.sample_mix(x_u.shape[0], x_u, cfg.mixup_alpha)
         mixed_u, target_u = mixup(x_u, probs_t, lam_u, perm_u)
         y_lb = one_hot(batch.y_lb, self.num_classes, probs_t.dtype)
@@ -68,14 +70,14 @@ class ICT(Algorithm):
         if cfg.mixup_alpha_sup > 0:
             lam_l, perm_l = self.sample_mix(x_lb.shape[0], x_lb, cfg.mixup_alpha_sup)
             x_lb, y_lb = mixup(x_lb, y_lb, lam_l, perm_l)
-        logits_lb, logits_u = forward_cat(model, x_lb, mixed_u)
+        logits_lb, logits_u = forward_cat(student, x_lb, mixed_u)
         sup_loss = soft_ce(logits_lb, y_lb).mean()
         unsup_loss = mse(logits_u, target_u).mean()
         weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, "sigmoid")
         # add-ons on the student's mixed unlabeled rows: the only unlabeled logits with gradient (the weak
         # view itself goes through the teacher only)
-        reg_loss, reg_metrics = self.regularizers(logits_u)
+        reg_loss, reg_metrics = regularizers(logits_u, cfg)
         loss = sup_loss + weight * unsup_loss + reg_loss
         metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
                    **reg_metrics}
-        return StepOutput(loss, metrics, {})
+        return StepOutput(loss, metrics, None)

@@ -1,4 +1,5 @@
-"""Pure loss and mixing functions shared by the consistency and MixUp algorithms.
+"""The pieces every algorithm builds from, in one place: forwards, losses, distances, pseudo-label metrics,
+schedules, distribution alignment, mixing and the opt-in regularizers. Pure functions (no state).
 
 Conventions (one for every function here):
 - The prediction is given as LOGITS (the gradient flows through it); a target is given as PROBABILITIES
@@ -8,20 +9,91 @@ Conventions (one for every function here):
   (up to rounding) and never NaN for one-hot or underflowed targets. The defect this guards against:
   `F.kl_div(softmax(a), softmax(b))` treats its first argument as log-probabilities and returns negative
   "divergences" (see tests/test_losses.py).
+
+Importing this module imports torch only: the fused kernels (`fastssl.kernels`, which import Triton) are
+imported on the first call of `pseudo_label_ce`, so that reading an algorithm's config, views or recipe
+(`--help`, `fastssl info`, recipes) never imports Triton.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from fastssl.kernels.reference import acc_dtype
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from fastssl.algorithms.base import AlgorithmConfig
+    from fastssl.kernels import PseudoLabelOutput
 
 
 def acc(t: Tensor) -> Tensor:
     """`t` in the accumulation dtype for losses: bf16/fp16 (under AMP) → fp32; fp32 and fp64 pass through
-    (the tests compare in fp64). The one place this rule lives (kernels/reference.py: `acc_dtype`)."""
-    return t.to(acc_dtype(t.dtype))
+    (the tests compare in fp64). The kernels' `acc_dtype` states the same rule (tested to agree); it is
+    not imported from there so that this module does not import Triton."""
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+# --- forwards -------------------------------------------------------------------------------------------
+def forward_cat(model: nn.Module, *xs: Tensor) -> tuple[Tensor, ...]:
+    """One forward over the concatenation of `xs`, split back into one output per input.
+
+    One forward instead of several: one kernel launch per layer, and BatchNorm statistics over the
+    whole batch (the FixMatch convention). Empty inputs (0 rows) are allowed and give empty outputs.
+    """
+    sizes = [x.shape[0] for x in xs]
+    logits = model(torch.cat(xs)) if len(xs) > 1 else model(xs[0])
+    return tuple(logits.split(sizes))
+
+
+def forward_batch_stats(model: nn.Module, x: Tensor) -> Tensor:
+    """`model(x)` in training mode (BatchNorm on batch statistics), running statistics left as they were.
+
+    For the passes the references run with BatchNorm "frozen" (USB's `bn_controller.freeze_bn`, the TF
+    MixMatch code's skipped update ops): label guessing (MixMatch, ReMixMatch), VAT's perturbed passes, and
+    the Mean Teacher / ICT teacher. The model is called through `torch.func.functional_call` with *copies*
+    of its buffers, so BatchNorm writes its running averages into the copies, which are dropped: no module
+    state changes and `torch.compile(fullgraph=True)` traces it (tested). Parameters are the model's own,
+    so gradients reach them when grad mode is on. A model in eval mode (the EMA teacher) is switched to
+    training mode for this call only: Mean Teacher's and ICT's reference code run the teacher in training
+    mode, and the teacher's running statistics are a copy of the *student's* (`EMATeacher.update`), which
+    do not match the averaged weights early in training.
+    """
+    was_training = model.training
+    model.train()
+    try:
+        state = {**dict(model.named_parameters()), **{k: b.clone() for k, b in model.named_buffers()}}
+        return functional_call(model, state, (x,))
+    finally:
+        model.train(was_training)
+
+
+# --- pseudo-labels --------------------------------------------------------------------------------------
+def pseudo_label_ce(logits_w: Tensor, logits_s: Tensor, threshold: Tensor | float, T: float = 1.0, *,
+                    soft: bool = False, weight: Tensor | None = None) -> PseudoLabelOutput:
+    """The FixMatch family's masked pseudo-label cross-entropy, `fastssl.kernels.pseudo_label_ce` (one fused
+    Triton launch on CUDA, the PyTorch reference on CPU; semantics in kernels/reference.py). Imported
+    here, on first use, so that importing an algorithm does not import Triton."""
+    from fastssl.kernels import pseudo_label_ce as fused
+
+    return fused(logits_w, logits_s, threshold, T, soft=soft, weight=weight)
+
+
+def pseudo_label_metrics(mask: Tensor, pseudo: Tensor, y_ulb: Tensor) -> dict[str, Tensor]:
+    """Mask ratio and accuracy of the selected pseudo-labels, as 0-d tensors (no host sync)."""
+    mask = mask.float()
+    correct = (pseudo == y_ulb).float()
+    return {
+        "mask_ratio": mask.mean(),
+        "pl_acc": (correct * mask).sum() / mask.sum().clamp_min(1.0),
+    }
+
+
+def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor) -> Tensor:
+    """Distribution alignment (AdaMatch, SoftMatch): probs · (p_target + ε) / (p_model + ε), renormalised
+    per row; ε = 1e-6 as the reference code."""
+    aligned = probs * (p_target + 1e-6) / (p_model + 1e-6)
+    return aligned / aligned.sum(-1, keepdim=True)
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -73,6 +145,64 @@ def entropy(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits), −Σ p log p: (N,)."""
     log_p = acc(logits).log_softmax(-1)
     return -(log_p.exp() * log_p).sum(-1)
+
+
+def entropy_loss(logits: Tensor) -> Tensor:
+    """Mean Shannon entropy (nats) of softmax(logits) over the rows: entropy minimisation
+    (Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004)."""
+    return entropy(logits).mean()
+
+
+def class_balance_loss(logits: Tensor) -> Tensor:
+    """Binary cross-entropy between the batch-mean prediction p̄ and the uniform distribution, averaged
+    over classes: −(1/C) Σ_c [(1/C) log p̄_c + (1 − 1/C) log(1 − p̄_c)] (French, Mackiewicz & Fisher,
+    "Self-ensembling for visual domain adaptation", ICLR 2018, arXiv:1706.05208). Penalises a batch whose
+    predictions collapse onto few classes."""
+    C = logits.shape[-1]
+    pbar = logits.softmax(-1).mean(0)  # (C,)
+    eps = torch.finfo(pbar.dtype).tiny
+    u = 1.0 / C
+    return -(u * pbar.clamp_min(eps).log() + (1 - u) * (1 - pbar).clamp_min(eps).log()).mean()
+
+
+def mcc_loss(logits: Tensor, T: float = 2.5) -> Tensor:
+    """Minimum Class Confusion (Jin, Wang, Long & Wang, "Minimum Class Confusion for Versatile Domain
+    Adaptation", ECCV 2020, arXiv:1912.03699): Ŷ = softmax(logits/T); sample weights
+    W_i = N(1 + e^{−H(Ŷ_i)}) / Σ_j (1 + e^{−H(Ŷ_j)}) (entropy detached, as the authors' code);
+    confusion C = Ŷᵀ diag(W) Ŷ, each column normalised to sum 1; loss = Σ of the off-diagonal / #classes."""
+    N, C = logits.shape
+    p = (logits / T).softmax(-1)  # (N, C)
+    h = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).detach()
+    w = 1 + torch.exp(-h)
+    w = N * w / w.sum()
+    conf = (p * w[:, None]).T @ p  # (C, C), symmetric
+    conf = conf / conf.sum(0, keepdim=True)
+    return (conf.sum() - conf.trace()) / C
+
+
+def regularizers(logits_ulb: Tensor, cfg: AlgorithmConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """The opt-in add-ons of every SSL algorithm (`entmin_weight`, `cbl_weight`, `mcc_weight` of
+    `AlgorithmConfig`) on `logits_ulb` (N, C): the unlabeled weak view's logits *with* gradient (where an
+    algorithm has no weak-view pass with gradient, the unlabeled logits that carry it, named in its forward:
+    Mean Teacher the student's second weak view, MixMatch and ICT the mixed unlabeled rows, ReMixMatch the
+    first strong view). Returns (weighted sum to add to the loss, metrics). With all weights 0 it is a
+    constant 0 and adds nothing to the graph (the branches read the config, never tensor values)."""
+    logits = acc(logits_ulb)
+    loss = logits.new_zeros(())
+    metrics: dict[str, Tensor] = {}
+    if cfg.entmin_weight > 0:
+        ent = entropy_loss(logits)
+        loss = loss + cfg.entmin_weight * ent
+        metrics["entmin_loss"] = ent.detach()
+    if cfg.cbl_weight > 0:
+        cbl = class_balance_loss(logits)
+        loss = loss + cfg.cbl_weight * cbl
+        metrics["cbl_loss"] = cbl.detach()
+    if cfg.mcc_weight > 0:
+        mcc = mcc_loss(logits, cfg.mcc_T)
+        loss = loss + cfg.mcc_weight * mcc
+        metrics["mcc_loss"] = mcc.detach()
+    return loss, metrics
 
 
 def sharpen(p: Tensor, T: float) -> Tensor:
@@ -134,7 +264,3 @@ def rotate90(x: Tensor, k: Tensor) -> Tensor:
     for r in (1, 2, 3):
         out = torch.where(k == r, torch.rot90(x, r, dims=(-2, -1)), out)
     return out
-
-
-__all__ = ["DISTANCES", "entropy", "js", "kl", "l1", "mixup", "mixup_lambda", "mse", "ramp_up",
-           "random_permutation", "rotate90", "sharpen", "soft_ce", "acc"]

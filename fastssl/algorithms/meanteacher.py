@@ -21,33 +21,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
-from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import DISTANCES, ramp_up, acc
-from fastssl.batch import SSLBatch, ViewSpec
-
-
-@dataclasses.dataclass
-class ConsistencyConfig(AlgorithmConfig):
-    """Options shared by Π-Model and Mean Teacher."""
-
-    consistency: str = "mse"
-    """distance between the prediction and its target: mse (softmax MSE, the papers'), l1, kl, js"""
-    unsup_warmup: float = 0.4
-    """the unlabeled weight ramps up over this fraction of train.steps (0 = full weight from step 0)"""
-    ramp: str = "linear"
-    """ramp-up shape: linear (USB) or sigmoid exp(-5(1-t)^2) (Laine & Aila, Tarvainen & Valpola)"""
-
-    def __post_init__(self):
-        if self.consistency not in DISTANCES:
-            raise ValueError(f"--algo.consistency={self.consistency!r}: use one of {', '.join(DISTANCES)}")
-        if self.ramp not in ("linear", "sigmoid"):
-            raise ValueError(f"--algo.ramp={self.ramp!r}: use linear or sigmoid")
-        if not 0 <= self.unsup_warmup <= 1:
-            raise ValueError(f"--algo.unsup_warmup={self.unsup_warmup} is a fraction of train.steps: use [0, 1]")
+from fastssl.algorithms.base import ConsistencyAlgorithm, ConsistencyConfig
+from fastssl.algorithms.losses import acc, forward_batch_stats, forward_cat
+from fastssl.batch import SSLBatch
 
 
 @dataclasses.dataclass
@@ -56,29 +34,14 @@ class MeanTeacherConfig(ConsistencyConfig):
     """weight of the consistency loss after ramp-up (USB classic-CV: 50)"""
 
 
-def unsup_weight(algo: Algorithm, step: Tensor) -> Tensor:
-    """λ_u · ramp(step) as a 0-d tensor."""
-    cfg = algo.cfg
-    return cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * algo.total_steps, cfg.ramp)
-
-
-class MeanTeacher(Algorithm):
+class MeanTeacher(ConsistencyAlgorithm):
     name = "meanteacher"
     Config = MeanTeacherConfig
-    views = ViewSpec(num_weak=2, num_strong=0)
-    uses_teacher = True
+    recipe = {"algo.lambda_u": 50.0, "algo.unsup_warmup": 0.4, "algo.consistency": "mse", "data.uratio": 1}
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
-        cfg: MeanTeacherConfig = self.cfg
-        logits_lb, logits_ulb_student = forward_cat(model, batch.x_lb, batch.x_ulb_w_extra[0])
+    def predict(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits_lb, logits_ulb_student = forward_cat(student, batch.x_lb, batch.x_ulb_w_extra[0])
         with torch.no_grad():
-            probs_teacher = acc(forward_batch_stats(self.teacher, batch.x_ulb_w)).softmax(-1)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        unsup_loss = DISTANCES[cfg.consistency](logits_ulb_student, probs_teacher).mean()
-        weight = unsup_weight(self, step)
+            probs_teacher = acc(forward_batch_stats(teacher, batch.x_ulb_w)).softmax(-1)
         # add-ons on the student's weak view (the second one): x_ulb_w goes to the teacher, without gradient
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_student)
-        loss = sup_loss + weight * unsup_loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
-                   **reg_metrics}
-        return StepOutput(loss, metrics, {})
+        return logits_lb, logits_ulb_student, probs_teacher, logits_ulb_student

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
-from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import mixup, mixup_lambda, mse, one_hot, ramp_up, random_permutation, sharpen, soft_ce, acc
+from fastssl.algorithms.losses import (acc, forward_batch_stats, mixup, mixup_lambda, mse, one_hot, ramp_up,
+                                       random_permutation, regularizers, sharpen, soft_ce)
 from fastssl.batch import SSLBatch, ViewSpec
 
 
@@ -53,17 +53,18 @@ class MixMatch(Algorithm):
     name = "mixmatch"
     Config = MixMatchConfig
     views = ViewSpec(num_weak=2, num_strong=0)
+    recipe = {"algo.lambda_u": 100.0, "algo.T": 0.5, "algo.mixup_alpha": 0.5, "algo.unsup_warmup": 0.4, "data.uratio": 1}
 
     def sample_mix(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """(λ', permutation of n rows), drawn on the device. Tests replace it to inject fixed values."""
         return mixup_lambda(self.cfg.mixup_alpha, like, biased=True), random_permutation(n, like.device)
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: MixMatchConfig = self.cfg
         x_w1, x_w2 = batch.x_ulb_w, batch.x_ulb_w_extra[0]
         B, n = batch.x_lb.shape[0], x_w1.shape[0]
         with torch.no_grad():
-            logits_w = acc(forward_batch_stats(model, torch.cat([x_w1, x_w2])))
+            logits_w = acc(forward_batch_stats(student, torch.cat([x_w1, x_w2])))
             probs_w1, probs_w2 = logits_w.softmax(-1).split(n)  # (μB, C) each
             guess = sharpen(0.5 * (probs_w1 + probs_w2), cfg.T)
         y_lb = one_hot(batch.y_lb, self.num_classes, guess.dtype)
@@ -71,15 +72,15 @@ class MixMatch(Algorithm):
         targets = torch.cat([y_lb, guess, guess])
         lam, perm = self.sample_mix(inputs.shape[0], inputs)
         mixed_x, mixed_y = mixup(inputs, targets, lam, perm)
-        logits = model(mixed_x)  # one forward: BN over the whole mixed batch, no interleaving needed
+        logits = student(mixed_x)  # one forward: BN over the whole mixed batch, no interleaving needed
         sup_loss = soft_ce(logits[:B], mixed_y[:B]).mean()
         unsup_loss = mse(logits[B:], mixed_y[B:]).mean()
         weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
         # add-ons on the mixed unlabeled rows: the only unlabeled logits with gradient (the weak views'
         # label-guessing pass runs without gradient)
-        reg_loss, reg_metrics = self.regularizers(logits[B:])
+        reg_loss, reg_metrics = regularizers(logits[B:], cfg)
         loss = sup_loss + weight * unsup_loss + reg_loss
         metrics = {**reg_metrics, "sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
                    "mixup_lambda": lam.detach().float(),
                    "guess_acc": (guess.argmax(-1) == batch.y_ulb).float().mean()}
-        return StepOutput(loss, metrics, {})
+        return StepOutput(loss, metrics, None)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, StepOutput, forward_cat
-from fastssl.algorithms.losses import DISTANCES, acc
-from fastssl.algorithms.meanteacher import ConsistencyConfig, unsup_weight
-from fastssl.batch import SSLBatch, ViewSpec
+from fastssl.algorithms.base import ConsistencyAlgorithm, ConsistencyConfig
+from fastssl.algorithms.losses import acc, forward_cat
+from fastssl.batch import SSLBatch
 
 
 @dataclasses.dataclass
@@ -27,22 +25,14 @@ class PiModelConfig(ConsistencyConfig):
     """weight of the consistency loss after ramp-up (USB classic-CV: 10)"""
 
 
-class PiModel(Algorithm):
+class PiModel(ConsistencyAlgorithm):
     name = "pimodel"
     Config = PiModelConfig
-    views = ViewSpec(num_weak=2, num_strong=0)
+    recipe = {"algo.lambda_u": 10.0, "algo.unsup_warmup": 0.4, "algo.consistency": "mse", "data.uratio": 1}
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
-        cfg: PiModelConfig = self.cfg
-        logits_lb, logits_w1, logits_w2 = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_w_extra[0])
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
+    def predict(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits_lb, logits_w1, logits_w2 = forward_cat(student, batch.x_lb, batch.x_ulb_w, batch.x_ulb_w_extra[0])
         target = acc(logits_w1.detach()).softmax(-1)
-        unsup_loss = DISTANCES[cfg.consistency](logits_w2, target).mean()
-        weight = unsup_weight(self, step)
         # add-ons on the first weak view (x_ulb_w), as the threshold family: its logits carry gradient here
         # although the consistency term uses them only as the detached target
-        reg_loss, reg_metrics = self.regularizers(logits_w1)
-        loss = sup_loss + weight * unsup_loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
-                   **reg_metrics}
-        return StepOutput(loss, metrics, {})
+        return logits_lb, logits_w2, target, logits_w1

@@ -6,6 +6,7 @@ pseudo-label is the argmax of the detached logits and the cross-entropy flows th
 The unlabeled weight ramps up linearly, α(t) = λ_u · min(t / (unsup_warmup · K), 1) (the paper ramps from
 T1 to T2 epochs; USB's classic-CV form, a ramp from 0 over the first 40% of training, is used here), and
 only predictions with confidence ≥ τ are used (τ = 0.95 as USB; τ = 0 gives the paper's plain argmax).
+The ramp scales the whole unlabeled part, the opt-in add-on regularizers included.
 
 One forward over the concatenated labeled and unlabeled batch. USB instead freezes the BatchNorm running
 statistics during the unlabeled forward; here BatchNorm sees the whole batch, as in FixMatch.
@@ -14,14 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
-from fastssl.batch import SSLBatch, ViewSpec
-from fastssl.kernels import pseudo_label_ce
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels
+from fastssl.algorithms.losses import ramp_up
+from fastssl.batch import ViewSpec
 
 
 @dataclasses.dataclass
@@ -32,26 +30,15 @@ class PseudoLabelConfig(AlgorithmConfig):
     """fraction of training over which the unlabeled weight ramps linearly from 0 to λ_u"""
 
 
-def linear_ramp(step: Tensor, length: float) -> Tensor:
-    """min(step / length, 1) as a 0-d float tensor (1 when length ≤ 0)."""
-    if length <= 0:
-        return torch.ones((), device=step.device)
-    return (step.to(torch.float32) / length).clamp(0.0, 1.0)
+class PseudoLabel(PseudoLabelAlgorithm):
+    """No strong view: the family's forward trains the weak view itself towards its own pseudo-labels."""
 
-
-class PseudoLabel(Algorithm):
     name = "pseudolabel"
     Config = PseudoLabelConfig
     views = ViewSpec(num_weak=1, num_strong=0)
+    recipe = {"algo.tau": 0.95, "algo.unsup_warmup": 0.4, "data.uratio": 1}
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: PseudoLabelConfig = self.cfg
-        logits_lb, logits_ulb_w = forward_cat(model, batch.x_lb, batch.x_ulb_w)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_w, cfg.tau)  # target and prediction: same view
-        ramp = linear_ramp(step, cfg.unsup_warmup * self.total_steps)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * ramp * pl.loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(), "unsup_weight": ramp,
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"pseudo": pl.pseudo, "mask": pl.mask})
+        ramp = ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
+        return PseudoLabels(cfg.tau, unsup_weight=ramp, metrics={"unsup_weight": ramp})

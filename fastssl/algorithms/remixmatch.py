@@ -28,15 +28,15 @@ Defaults: USB classic-CV (K = 2 strong views — the paper used 8 —, α = 0.75
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
-from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import (mixup, mixup_lambda, one_hot, ramp_up, random_permutation, rotate90, sharpen,
-                                       soft_ce, acc)
+from fastssl.algorithms.losses import (acc, forward_batch_stats, mixup, mixup_lambda, one_hot, ramp_up, random_permutation,
+                                       regularizers, rotate90, sharpen, soft_ce)
 from fastssl.batch import SSLBatch, ViewSpec
 from fastssl.collectives import all_reduce_sum, world_size
 
@@ -64,21 +64,30 @@ class ReMixMatchConfig(AlgorithmConfig):
                              f"--algo.da_len={self.da_len} ≥ 1 (ReMixMatch: 0.5, 0.75, 128)")
 
 
+class ReMixMatchState(NamedTuple):
+    probs_mean: Tensor
+    """(C,) this rank's mean weak-view prediction (unaligned)"""
+
+
 class ReMixMatch(Algorithm):
     name = "remixmatch"
     Config = ReMixMatchConfig
     views = ViewSpec(num_weak=1, num_strong=2)
+    recipe = {"algo.lambda_u": 1.5, "algo.lambda_kl": 0.5, "algo.lambda_rot": 0.5, "algo.T": 0.5, "algo.mixup_alpha": 0.75,
+              "algo.unsup_warmup": 1 / 64, "data.uratio": 1}
 
-    def __init__(self, cfg: ReMixMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
-                         num_features=num_features)
-        if cfg.lambda_rot > 0 and num_features < 1:
+    def init_state(self) -> None:
+        cfg: ReMixMatchConfig = self.cfg
+        C = self.num_classes
+        if cfg.lambda_rot > 0 and self.num_features < 1:
             raise ValueError("ReMixMatch's rotation head reads the model's features: construct it with "
                              "num_features=model.num_features (the trainer does), or set --algo.lambda_rot=0")
-        self.rot_head = nn.Linear(num_features, 4) if cfg.lambda_rot > 0 else None
-        self.register_buffer("p_model_hist", torch.full((cfg.da_len, num_classes), 1.0 / num_classes))
-        self.register_buffer("p_target", torch.full((num_classes,), 1.0 / num_classes))
+        self.rot_head = nn.Linear(self.num_features, 4) if cfg.lambda_rot > 0 else None
+        """4-way rotation classifier on the backbone features (learnable: optimised with the model)"""
+        self.register_buffer("p_model_hist", torch.full((cfg.da_len, C), 1.0 / C))
+        """(da_len, C) ring of the last da_len steps' mean weak-view predictions (averaged over ranks)"""
+        self.register_buffer("p_target", torch.full((C,), 1.0 / C))
+        """(C,) labeled class distribution p(y) (uniform: the labeled splits are class-balanced)"""
 
     def sample_mix(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """(λ', permutation of n rows), drawn on the device. Tests replace it to inject fixed values."""
@@ -94,12 +103,12 @@ class ReMixMatch(Algorithm):
         aligned = probs * self.p_target / p_model
         return aligned / aligned.sum(-1, keepdim=True)
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: ReMixMatchConfig = self.cfg
         x_s1, x_s2 = batch.x_ulb_s, batch.x_ulb_s_extra[0]
         B, n = batch.x_lb.shape[0], batch.x_ulb_w.shape[0]
         with torch.no_grad():
-            probs_w = acc(forward_batch_stats(model, batch.x_ulb_w)).softmax(-1)  # (μB, C)
+            probs_w = acc(forward_batch_stats(student, batch.x_ulb_w)).softmax(-1)  # (μB, C)
             guess = sharpen(self.align(probs_w), cfg.T)
         y_lb = one_hot(batch.y_lb, self.num_classes, guess.dtype)
         inputs = torch.cat([batch.x_lb, x_s1, x_s2, batch.x_ulb_w])  # (B + 3μB, C, H, W)
@@ -110,9 +119,9 @@ class ReMixMatch(Algorithm):
         if self.rot_head is not None:
             rot = self.sample_rotation(n, x_s1)
             parts.append(rotate90(x_s1, rot))
-        feats = model.forward_features(torch.cat(parts))  # one backbone forward for every gradient row
+        feats = student.forward_features(torch.cat(parts))  # one backbone forward for every gradient row
         m = inputs.shape[0]
-        logits = model.head(feats[:m + n])
+        logits = student.head(feats[:m + n])
         logits_mixed, logits_s1 = logits[:m], logits[m:]
         sup_loss = soft_ce(logits_mixed[:B], mixed_y[:B]).mean()
         unsup_loss = soft_ce(logits_mixed[B:], mixed_y[B:]).mean()
@@ -120,7 +129,7 @@ class ReMixMatch(Algorithm):
         ramp = ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
         # add-ons on the un-mixed first strong view: the weak view's pass (the guess) has no gradient, and
         # a strong view is a real image where a mixed row is not (entropy of a MixUp is meant to be high)
-        reg_loss, reg_metrics = self.regularizers(logits_s1)
+        reg_loss, reg_metrics = regularizers(logits_s1, cfg)
         loss = sup_loss + ramp * (cfg.lambda_u * unsup_loss + cfg.lambda_kl * pre_loss) + reg_loss
         metrics = {**reg_metrics, "sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(),
                    "pre_mixup_loss": pre_loss.detach(), "unsup_weight": cfg.lambda_u * ramp,
@@ -131,10 +140,10 @@ class ReMixMatch(Algorithm):
             loss = loss + cfg.lambda_rot * rot_loss
             metrics["rot_loss"] = rot_loss.detach()
             metrics["rot_acc"] = (rot_logits.argmax(-1) == rot).float().mean()
-        return StepOutput(loss, metrics, {"probs_mean": probs_w.mean(0)})
+        return StepOutput(loss, metrics, ReMixMatchState(probs_w.mean(0)))
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
+    def update_state(self, batch: SSLBatch, state: ReMixMatchState) -> None:
         """Pushes this step's mean weak-view prediction (averaged over ranks) into the history ring."""
-        mean = all_reduce_sum(out.state["probs_mean"].to(self.p_model_hist.dtype)) / world_size()
+        mean = all_reduce_sum(state.probs_mean.to(self.p_model_hist.dtype)) / world_size()
         self.p_model_hist.copy_(torch.cat([self.p_model_hist[1:], mean[None]]))

@@ -19,13 +19,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, dist_align, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels, PseudoLabelState
+from fastssl.algorithms.losses import dist_align
 from fastssl.batch import SSLBatch
-from fastssl.kernels import pseudo_label_ce
 from fastssl.collectives import all_gather_cat
 
 
@@ -45,15 +43,13 @@ class SoftMatchConfig(AlgorithmConfig):
     """one-hot pseudo-labels (argmax) rather than soft targets"""
 
 
-class SoftMatch(Algorithm):
+class SoftMatch(PseudoLabelAlgorithm):
     name = "softmatch"
     Config = SoftMatchConfig
+    recipe = {"algo.ema_p": 0.999, "algo.n_sigma": 2.0, "algo.dist_align": True, "algo.dist_uniform": True}
 
-    def __init__(self, cfg: SoftMatchConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
-        super().__init__(cfg, num_classes=num_classes, num_ulb=num_ulb, total_steps=total_steps,
-                         num_features=num_features)
-        C = num_classes
+    def init_state(self) -> None:
+        C = self.num_classes
         self.register_buffer("prob_max_mu_t", torch.tensor(1.0 / C))
         """μ_t: EMA of the batch mean of the (aligned) max-probabilities"""
         self.register_buffer("prob_max_var_t", torch.tensor(1.0))
@@ -86,27 +82,15 @@ class SoftMatch(Algorithm):
         gap = (aligned.max(-1).values - mu).clamp(max=0.0)
         return torch.exp(-gap.square() / (2 * var / self.cfg.n_sigma ** 2))
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
         cfg: SoftMatchConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        sup_loss = F.cross_entropy(acc(logits_lb), batch.y_lb)
-        probs_lb = acc(logits_lb.detach()).softmax(-1)
-        probs_ulb_w = acc(logits_ulb_w.detach()).softmax(-1)
-        mu, var, _, _, aligned = self.ema_step(probs_ulb_w, probs_lb)
-        mask = self.weights(aligned, mu, var)
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, 0.0, cfg.T, soft=not cfg.hard_label, weight=mask)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * pl.loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(),
-                   "mu_t": mu.detach().float(), "var_t": var.detach().float(),
-                   **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"probs_ulb": probs_ulb_w, "probs_lb": probs_lb,
-                                          "pseudo": pl.pseudo, "mask": pl.mask})
+        mu, var, _, _, aligned = self.ema_step(p.probs_ulb_w, p.probs_lb)
+        return PseudoLabels(0.0, sample_weight=self.weights(aligned, mu, var), T=cfg.T, soft=not cfg.hard_label,
+                            metrics={"mu_t": mu.detach().float(), "var_t": var.detach().float()})
 
     @torch.no_grad()
-    def update_state(self, batch: SSLBatch, out: StepOutput) -> None:
-        mu, var, p_model, p_target, _ = self.ema_step(all_gather_cat(out.state["probs_ulb"]),
-                                                      all_gather_cat(out.state["probs_lb"]))
+    def update_state(self, batch: SSLBatch, state: PseudoLabelState) -> None:
+        mu, var, p_model, p_target, _ = self.ema_step(all_gather_cat(state.probs_ulb), all_gather_cat(state.probs_lb))
         self.prob_max_mu_t.copy_(mu)
         self.prob_max_var_t.copy_(var)
         self.p_model.copy_(p_model)

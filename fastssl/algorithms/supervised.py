@@ -8,9 +8,9 @@ import dataclasses
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc
+from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
+from fastssl.algorithms.losses import acc
 from fastssl.batch import SSLBatch, ViewSpec
-
 
 
 @dataclasses.dataclass
@@ -29,6 +29,6 @@ class Supervised(Algorithm):
     Config = SupervisedConfig
     views = ViewSpec(num_weak=0, num_strong=0)
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
-        sup_loss = F.cross_entropy(acc(model(batch.x_lb)), batch.y_lb)
-        return StepOutput(sup_loss, {"sup_loss": sup_loss.detach()}, {})
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+        sup_loss = F.cross_entropy(acc(student(batch.x_lb)), batch.y_lb)
+        return StepOutput(sup_loss, {"sup_loss": sup_loss.detach()}, None)

@@ -18,12 +18,11 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, acc, forward_cat
-from fastssl.algorithms.fixmatch import pseudo_label_metrics
+from fastssl.algorithms.base import AlgorithmConfig, Predictions, PseudoLabelAlgorithm, PseudoLabels
+from fastssl.algorithms.losses import acc
 from fastssl.batch import SSLBatch
-from fastssl.kernels import pseudo_label_ce
 
 TSA_SCHEDULES = ("none", "linear", "exp", "log")
 
@@ -56,21 +55,19 @@ def tsa_threshold(schedule: str, step: Tensor, total_steps: int, num_classes: in
     return alpha * (1 - 1 / num_classes) + 1 / num_classes
 
 
-class UDA(Algorithm):
+class UDA(PseudoLabelAlgorithm):
     name = "uda"
     Config = UDAConfig
+    recipe = {"algo.tau": 0.8, "algo.T": 0.4, "algo.tsa_schedule": "none"}
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
-        cfg: UDAConfig = self.cfg
-        logits_lb, logits_ulb_w, logits_ulb_s = forward_cat(model, batch.x_lb, batch.x_ulb_w, batch.x_ulb_s)
-        logits_lb = acc(logits_lb)
-        eta = tsa_threshold(cfg.tsa_schedule, step, self.total_steps, self.num_classes)
-        p_correct = logits_lb.detach().softmax(-1).gather(1, batch.y_lb[:, None])[:, 0]
-        sup_mask = (p_correct <= eta).to(logits_lb.dtype)
-        sup_loss = (F.cross_entropy(logits_lb, batch.y_lb, reduction="none") * sup_mask).sum() / sup_mask.sum().clamp_min(1)
-        pl = pseudo_label_ce(logits_ulb_w.detach(), logits_ulb_s, cfg.tau, cfg.T, soft=True)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb_w)
-        loss = sup_loss + cfg.lambda_u * pl.loss + reg_loss
-        metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": pl.loss.detach(), "tsa_eta": eta,
-                   "tsa_kept": sup_mask.mean(), **pseudo_label_metrics(pl.mask, pl.pseudo, batch.y_ulb), **reg_metrics}
-        return StepOutput(loss, metrics, {"pseudo": pl.pseudo, "mask": pl.mask})
+    def pseudo_labels(self, p: Predictions, step: Tensor) -> PseudoLabels:
+        return PseudoLabels(self.cfg.tau, T=self.cfg.T, soft=True)
+
+    def supervised_loss(self, p: Predictions, batch: SSLBatch, step: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy over the labeled examples Training Signal Annealing keeps, averaged over the kept count."""
+        logits_lb = acc(p.logits_lb)
+        eta = tsa_threshold(self.cfg.tsa_schedule, step, self.total_steps, self.num_classes)
+        p_correct = p.probs_lb.gather(1, batch.y_lb[:, None])[:, 0]
+        kept = (p_correct <= eta).to(logits_lb.dtype)
+        sup_loss = (F.cross_entropy(logits_lb, batch.y_lb, reduction="none") * kept).sum() / kept.sum().clamp_min(1)
+        return sup_loss, {"tsa_eta": eta, "tsa_kept": kept.mean()}

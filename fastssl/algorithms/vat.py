@@ -35,8 +35,7 @@ from torch import Tensor, nn
 from torch.func import grad
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
-from fastssl.algorithms.forwards import forward_batch_stats
-from fastssl.algorithms.losses import entropy, kl, ramp_up, acc
+from fastssl.algorithms.losses import acc, entropy, forward_batch_stats, kl, ramp_up, regularizers
 from fastssl.batch import SSLBatch, ViewSpec
 
 
@@ -71,6 +70,7 @@ class VAT(Algorithm):
     name = "vat"
     Config = VATConfig
     views = ViewSpec(num_weak=1, num_strong=0)
+    recipe = {"algo.lambda_u": 1.0, "algo.eps": 6.0, "algo.lambda_ent": 0.06, "algo.unsup_warmup": 0.4, "data.uratio": 1}
 
     def sample_noise(self, x: Tensor) -> Tensor:
         """The power iteration's starting direction (tests replace it)."""
@@ -91,18 +91,18 @@ class VAT(Algorithm):
                 d = grad(divergence)(cfg.xi * l2_normalize(d))
         return cfg.eps * l2_normalize(d.detach())
 
-    def forward(self, model: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
+    def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         cfg: VATConfig = self.cfg
-        sup_loss = F.cross_entropy(acc(model(batch.x_lb)), batch.y_lb)
-        logits_ulb = forward_batch_stats(model, batch.x_ulb_w)
+        sup_loss = F.cross_entropy(acc(student(batch.x_lb)), batch.y_lb)
+        logits_ulb = forward_batch_stats(student, batch.x_ulb_w)
         target = acc(logits_ulb.detach()).softmax(-1)
-        r_adv = self.adversarial_perturbation(model, batch.x_ulb_w)
-        unsup_loss = kl(forward_batch_stats(model, batch.x_ulb_w + r_adv), target).mean()
+        r_adv = self.adversarial_perturbation(student, batch.x_ulb_w)
+        unsup_loss = kl(forward_batch_stats(student, batch.x_ulb_w + r_adv), target).mean()
         ent_loss = entropy(logits_ulb).mean()
         weight = cfg.lambda_u * ramp_up(step, cfg.unsup_warmup * self.total_steps, "linear")
         # add-ons on the clean weak view, the logits `lambda_ent` reads too (entmin_weight adds to lambda_ent)
-        reg_loss, reg_metrics = self.regularizers(logits_ulb)
+        reg_loss, reg_metrics = regularizers(logits_ulb, cfg)
         loss = sup_loss + weight * unsup_loss + cfg.lambda_ent * ent_loss + reg_loss
         metrics = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "unsup_weight": weight,
                    "ent_loss": ent_loss.detach(), **reg_metrics}
-        return StepOutput(loss, metrics, {})
+        return StepOutput(loss, metrics, None)

@@ -33,15 +33,15 @@ from fastssl.train.provenance import provenance
 class TrainStep(nn.Module):
     """Model and algorithm as one module, so DDP all-reduces the gradients of both (ReMixMatch's rotation head
     is the algorithm's) and the algorithm can call any of the raw model's methods (`forward_features`, `head`)
-    inside DDP's forward."""
+    inside DDP's forward. The EMA teacher is an argument, not a submodule: DDP must not treat it as trained."""
 
     def __init__(self, model: nn.Module, algorithm: nn.Module):
         super().__init__()
         self.model = model
         self.algorithm = algorithm
 
-    def forward(self, batch, step_t):
-        return self.algorithm(self.model, batch, step_t)
+    def forward(self, teacher, batch, step_t):
+        return self.algorithm(self.model, teacher, batch, step_t)
 
 
 class Trainer:
@@ -69,8 +69,6 @@ class Trainer:
         self.ema = EMATeacher(self.model)
         self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
                                   total_steps=t.steps, num_features=self.model.num_features).to(self.device)
-        if algo_cls.uses_teacher:
-            self.algorithm.set_teacher(self.ema.module)
         self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device)
         self.net = TrainStep(self.model, self.algorithm)
         if is_dist():
@@ -97,7 +95,7 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------------
     def _forward(self, batch, step_t):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.net(batch, step_t)
+            return self.net(self.ema.module, batch, step_t)
 
     def train_step(self) -> None:
         batch = next(self._batches)
@@ -107,7 +105,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.ema_decay)
-        self.algorithm.update_state(batch, out)
+        self.algorithm.update_state(batch, out.state)
         self.step += 1
         self.step_t += 1
         vals = torch.stack([out.loss.detach().float(), *(v.float() for v in out.metrics.values())])
