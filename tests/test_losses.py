@@ -191,6 +191,33 @@ def test_one_hot_matches_torch_and_rejects_bad_labels():
         one_hot(torch.tensor([-1]), 10, torch.float32)
 
 
+def _js_closed_form(z: list[float], t: list[float]) -> tuple[float, list[float]]:
+    """JS(t ‖ softmax(z)) and its gradient in z, on Python floats (fp64: nothing underflows at these gaps).
+    ∂JS/∂p_c = ½ log(p_c / m_c), then through the softmax: ∂/∂z_j = p_j (g_j − Σ_c p_c g_c)."""
+    p = _softmax_row(z)
+    m = [(a + b) / 2 for a, b in zip(p, t)]
+    value = 0.5 * _kl_row(t, m) + 0.5 * _kl_row(p, m)
+    g = [0.5 * math.log(pc / mc) for pc, mc in zip(p, m)]
+    mean_g = sum(pc * gc for pc, gc in zip(p, g))
+    return value, [pj * (gj - mean_g) for pj, gj in zip(p, g)]
+
+
+def test_js_stays_finite_when_a_probability_underflows_where_the_target_is_zero():
+    """fp32 logit gaps of 120 (> ~104): exp underflows, so p_c = 0 exactly where the one-hot target is 0.
+    `(t + p).log()` was −inf there and 0·inf made the loss and every gradient NaN; the value and gradient
+    must equal the closed form (computed in fp64, where p_c ≈ 1e-52 is still representable)."""
+    rows = [([0.0, 0.0, -120.0], [1.0, 0.0, 0.0]), ([30.0, -90.0, 0.0], [0.0, 0.0, 1.0]),
+            ([5.0, -115.0, 2.0], [0.2, 0.0, 0.8])]
+    logits = torch.tensor([z for z, _ in rows], dtype=torch.float32, requires_grad=True)
+    target = torch.tensor([t for _, t in rows], dtype=torch.float32)
+    assert (torch.softmax(logits.detach(), -1) == 0).sum() == 3  # the underflow this test is about
+    got = L.js(logits, target)
+    grad, = torch.autograd.grad(got.sum(), logits)
+    want = [_js_closed_form(z, t) for z, t in rows]
+    torch.testing.assert_close(got, torch.tensor([v for v, _ in want]), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad, torch.tensor([g for _, g in want]), rtol=1e-5, atol=1e-7)
+
+
 def test_acc_agrees_with_the_kernels_accumulation_dtype():
     """`losses.acc` states the kernels' rule without importing them (Triton): the two must agree."""
     from fastssl.kernels.reference import acc_dtype

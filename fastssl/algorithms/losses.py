@@ -16,6 +16,7 @@ imported on the first call of `pseudo_label_ce`, so that reading an algorithm's 
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -123,12 +124,15 @@ def kl(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def js(logits: Tensor, target: Tensor) -> Tensor:
-    """Jensen–Shannon divergence ½ KL(t ‖ m) + ½ KL(p ‖ m), m = (t + p)/2, p = softmax(logits): (N,), in [0, log 2]."""
+    """Jensen–Shannon divergence ½ KL(t ‖ m) + ½ KL(p ‖ m), m = (t + p)/2, p = softmax(logits): (N,), in [0, log 2].
+
+    log m = logaddexp(log t, log p) − log 2 is finite wherever t or p is nonzero, so a class whose
+    probability underflows to 0 (fp32 logit gaps above ~104) where the target is 0 contributes exactly 0,
+    with a finite gradient. (`(t + p).log()` is −inf there, and 0·inf made the loss and every gradient NaN.)"""
     log_p = acc(logits).log_softmax(-1)
-    p = log_p.exp()
-    m = 0.5 * (target + p)
-    kl_t = (torch.xlogy(target, target) - torch.xlogy(target, m)).sum(-1)
-    kl_p = (p * (log_p - m.log())).sum(-1)
+    log_m = torch.logaddexp(target.log(), log_p) - math.log(2.0)
+    kl_t = (torch.xlogy(target, target) - target * log_m).sum(-1)
+    kl_p = (log_p.exp() * (log_p - log_m)).sum(-1)
     return 0.5 * (kl_t + kl_p)
 
 
