@@ -65,3 +65,21 @@ def test_weight_is_one_above_mean_and_gaussian_below():
     w = algo.weights(aligned, mu, var)
     # n_sigma = 2: width σ/2 = 0.1; 0.5 is two widths below μ → exp(−2)
     assert w.tolist() == pytest.approx([1.0, math.exp(-2.0), 1.0])
+
+
+def test_fp64_state_uses_the_exact_momentum():
+    """In an fp64 run the alignment EMA must use ema_p itself: a momentum built as fp32 (0.999 → 0.99900001…)
+    moved p_model by ~1e-9 relative, far above fp64 rounding."""
+    m = 0.999
+    algo = make(ema_p=m).double()
+    lb, y = random_logits(3, C, 5), torch.tensor([0, 1, 3])
+    means = []
+    for t in range(2):
+        w = random_logits(10, C, 30 + t)
+        batch = logits_batch(w, w.clone(), lb, y)
+        algo.update_state(batch, algo(IDENTITY, IDENTITY, batch, torch.tensor(t)).state)
+        probs = [softmax_by_hand(w[i]) for i in range(10)]
+        means.append([sum(p[c] for p in probs) / 10 for c in range(C)])
+    want = [m * a + (1 - m) * b for a, b in zip(means[0], means[1])]  # first step: p_model = the batch mean
+    assert algo.p_model.dtype == torch.float64
+    assert algo.p_model.tolist() == pytest.approx(want, rel=1e-13, abs=0)

@@ -56,7 +56,7 @@ class AdaMatch(PseudoLabelAlgorithm):
     def ema_step(self, probs_ulb: Tensor, probs_lb: Tensor) -> tuple[Tensor, Tensor]:
         """(p_model, p_target) after one EMA step; pure."""
         m = self.cfg.ema_p
-        m_first = torch.where(self.num_updates == 0, 0.0, m)
+        m_first = m * (self.num_updates > 0).to(self.p_model.dtype)  # 0 at the first update; in the state's dtype
         p_model = m_first * self.p_model + (1 - m_first) * probs_ulb.mean(0)
         p_target = m * self.p_target + (1 - m) * probs_lb.mean(0)
         return p_model, p_target

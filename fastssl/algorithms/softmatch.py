@@ -66,7 +66,7 @@ class SoftMatch(PseudoLabelAlgorithm):
         unlabeled probabilities. Pure: returns (mu, var, p_model, p_target, aligned)."""
         cfg: SoftMatchConfig = self.cfg
         m = cfg.ema_p
-        m_da = torch.where(self.num_updates == 0, 0.0, m)
+        m_da = m * (self.num_updates > 0).to(self.p_model.dtype)  # 0 at the first update; in the state's dtype
         p_model = m_da * self.p_model + (1 - m_da) * probs_ulb.mean(0)
         p_target = self.p_target if cfg.dist_uniform else m * self.p_target + (1 - m) * probs_lb.mean(0)
         aligned = probs_ulb
