@@ -78,6 +78,19 @@ def random_logits(n: int, c: int, seed: int, scale: float = 3.0) -> Tensor:
     return (torch.randn(n, c, generator=g, dtype=torch.float64) * scale).requires_grad_()
 
 
+def update_twice_mean_probs(algo, lb: Tensor, y: Tensor, n: int = 10) -> list[list[float]]:
+    """Two forward + update_state steps of `algo` on fresh fp64 weak logits (n rows); returns each step's
+    mean weak-view probability vector, by hand (what distribution-alignment EMAs average)."""
+    means = []
+    for t in range(2):
+        w = random_logits(n, lb.shape[1], 30 + t)
+        batch = logits_batch(w, w.clone(), lb, y)
+        algo.update_state(batch, algo(IDENTITY, IDENTITY, batch, torch.tensor(t)).state)
+        probs = [softmax_by_hand(w[i]) for i in range(n)]
+        means.append([sum(p[c] for p in probs) / n for c in range(lb.shape[1])])
+    return means
+
+
 # --- tiny fp64 nets and image batches ---------------------------------------------------------------------
 class TinyNet(nn.Module):
     """conv → (BatchNorm) → ReLU → global average pool → features (N, F) → Linear head."""

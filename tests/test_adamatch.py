@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from algo_testing import IDENTITY, ce_by_hand, logits_batch, random_logits, softmax_by_hand
+from algo_testing import (IDENTITY, ce_by_hand, logits_batch, random_logits, softmax_by_hand,
+                          update_twice_mean_probs)
 from fastssl.algorithms.adamatch import AdaMatch, AdaMatchConfig
 
 C = 4
@@ -56,13 +57,7 @@ def test_fp64_state_uses_the_exact_momentum():
     m = 0.999
     algo = AdaMatch(AdaMatchConfig(ema_p=m), num_classes=C, num_ulb=32).double()
     lb, y = random_logits(4, C, 5), torch.tensor([0, 1, 2, 3])
-    means = []
-    for t in range(2):
-        w = random_logits(10, C, 30 + t)
-        batch = logits_batch(w, w.clone(), lb, y)
-        algo.update_state(batch, algo(IDENTITY, IDENTITY, batch, torch.tensor(t)).state)
-        probs = [softmax_by_hand(w[i]) for i in range(10)]
-        means.append([sum(p[c] for p in probs) / 10 for c in range(C)])
-    want = [m * a + (1 - m) * b for a, b in zip(means[0], means[1])]  # first step: p_model = the batch mean
+    first, second = update_twice_mean_probs(algo, lb, y)
+    want = [m * a + (1 - m) * b for a, b in zip(first, second)]  # first step: p_model = the batch mean
     assert algo.p_model.dtype == torch.float64
     assert algo.p_model.tolist() == pytest.approx(want, rel=1e-13, abs=0)
