@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from algo_testing import (grad_with_lambda, mean_soft_ce_by_hand, mean_softmax_mse_by_hand, perturbed_teacher,
-                          random_image_batch, softmax_by_hand, teacher_copy, tiny_net)
+                          random_image_batch, softmax_by_hand, tiny_net)
 from fastssl.algorithms import get_algorithm
 from fastssl.algorithms.ict import ICT
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from algo_testing import (grad_with_lambda, mean_ce_by_hand, mean_softmax_mse_by_hand, perturbed_teacher,
-                          random_image_batch, teacher_copy, tiny_net)
+                          random_image_batch, tiny_net)
 from fastssl.algorithms import get_algorithm
 from fastssl.algorithms.meanteacher import MeanTeacher
 
