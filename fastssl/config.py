@@ -96,7 +96,7 @@ class TrainConfig:
     amp: str = "auto"
     """mixed precision: auto (bf16 on CUDA, off on CPU), bf16, off"""
     channels_last: str = "auto"
-    """channels_last memory format: auto (on with CUDA), on, off"""
+    """channels_last memory format of the model: auto (= on: the batches are NHWC on every device), on, off"""
     cpu_threads: int = 0
     """torch threads per rank on CPU; 0 = auto: the cores left per rank after DALI's `--data.num_threads`, at
     least 1 (measured on 2 cores: 1 thread 240 ms/step vs 2 threads 420 ms/step, as DALI needs the other core)"""

@@ -50,7 +50,9 @@ class Trainer:
         self.rank, self.world, self.device = init_from_env()
         cuda = self.device.type == "cuda"
         self.amp = t.amp == "bf16" or (t.amp == "auto" and cuda)
-        self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and cuda)
+        # auto = on: the batches are NHWC in memory on every device, and a model in another layout gets some
+        # gradients in the batches' layout, which DDP then copies into its buckets stride by stride every step
+        self.channels_last = t.channels_last != "off"
         self.compiled = t.compile == "on" or (t.compile == "auto" and cuda)
         if not cuda:  # OpenMP threads that outnumber the free cores spin against DALI's workers
             free = (os.cpu_count() or 1) // self.world - cfg.data.num_threads
