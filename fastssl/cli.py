@@ -87,7 +87,7 @@ def cmd_eval(argv: list[str]) -> int:
     from fastssl.train.checkpoint import load_checkpoint
     from fastssl.train.trainer import Trainer
 
-    ck = load_checkpoint(plain["checkpoint"])
+    ck = load_checkpoint(plain["checkpoint"], option="--checkpoint")
     cfg = Config.from_dict(ck["config"])
     apply_overrides(cfg, overrides)  # e.g. a moved --data.root
     cfg.train.resume = None

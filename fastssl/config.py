@@ -96,7 +96,7 @@ class TrainConfig:
     amp: str = "auto"
     """mixed precision: auto (bf16 on CUDA, off on CPU), bf16, off"""
     channels_last: str = "auto"
-    """channels_last memory format: auto (on with CUDA), on, off"""
+    """channels_last memory format of the model: auto (= on: the batches are NHWC on every device), on, off"""
     cpu_threads: int = 0
     """torch threads per rank on CPU; 0 = auto: the cores left per rank after DALI's `--data.num_threads`, at
     least 1 (measured on 2 cores: 1 thread 240 ms/step vs 2 threads 420 ms/step, as DALI needs the other core)"""
@@ -126,6 +126,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Cross-field checks; each error names the option and the fix."""
+        from fastssl.data.sources import DATASETS
         from fastssl.models import MODELS
 
         d, o, t = self.data, self.optim, self.train
@@ -148,7 +149,12 @@ class Config:
              f"--train.compile_mode={t.compile_mode!r}: use default, reduce-overhead or max-autotune"),
             (t.amp in ("auto", "bf16", "off"), f"--train.amp={t.amp!r}: use auto, bf16 or off"),
             (t.channels_last in ("auto", "on", "off"), f"--train.channels_last={t.channels_last!r}: use auto, on or off"),
+            (d.name in DATASETS, f"unknown dataset --data.name={d.name!r}; choose one of: {', '.join(DATASETS)}"),
             (d.name == "digits" or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),
+            (d.image_size >= 0, f"--data.image_size={d.image_size} must be ≥ 0 (0 = the dataset's own)"),
+            (d.name != "imagefolder" or d.image_size > 0,
+             "--data.name=imagefolder needs --data.image_size=N, the side its images are resized to (e.g. 224)"),
+            *_algo_checks(self.algo),
         ]
         for ok, msg in checks:
             if not ok:
@@ -169,6 +175,28 @@ class Config:
         cfg = cls()
         apply_overrides(cfg, flatten(d))
         return cfg
+
+
+def _algo_checks(a: AlgorithmConfig) -> list[tuple[bool, str]]:
+    """Ranges of the fields several algorithms share, checked by name so that every algorithm with the field
+    is covered (an algorithm's own `__post_init__` checks only its own fields)."""
+    checks = []
+    for name in (f.name for f in dataclasses.fields(a)):
+        v, opt = getattr(a, name), f"--algo.{name}={getattr(a, name)}"
+        if name == "tau":
+            checks.append((0 < v <= 1, f"{opt} is a confidence threshold: use (0, 1] (FixMatch: 0.95; above 1 "
+                                       "no pseudo-label is ever selected)"))
+        elif name == "ema_p":
+            checks.append((0 <= v < 1, f"{opt} is an EMA momentum: use [0, 1) (USB: 0.999)"))
+        elif name.startswith("lambda_") or name.endswith("_weight"):
+            checks.append((v >= 0, f"{opt} is a loss weight: use ≥ 0 (0 turns the term off)"))
+        elif name in ("T", "mcc_T"):
+            checks.append((v > 0, f"{opt} is a softmax temperature: use > 0"))
+        elif name == "n_sigma":
+            checks.append((v > 0, f"{opt} divides σ_t: use > 0 (SoftMatch: 2)"))
+        elif name in ("unsup_warmup", "warmup_frac", "rho_update_frac"):
+            checks.append((0 <= v <= 1, f"{opt} is a fraction of --train.steps: use [0, 1]"))
+    return checks
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

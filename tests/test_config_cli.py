@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fastssl.cli import main, make_config, parse_overrides
+from fastssl.algorithms import ALGORITHMS
 from fastssl.config import Config, apply_overrides, describe
 
 
@@ -59,6 +60,10 @@ def test_every_option_is_documented(capsys):
     (["--train.compile=maybe"], "--train.compile='maybe': use auto, on or off"),
     (["--data.num_labels=45"], "not divisible by 10 classes"),
     (["--data.name=cifar10", "--data.root=/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--algo.tau=1.5"], "--algo.tau=1.5 is a confidence threshold: use (0, 1]"),
+    (["--algo.lambda_u=-1"], "--algo.lambda_u=-1.0 is a loss weight: use ≥ 0"),
+    (["--data.name=imagefolder", "--data.root=/nonexistent/imgs"], "imagefolder needs --data.image_size=N"),
+    (["--data.name=cifar11"], "unknown dataset --data.name='cifar11'; choose one of: digits, mnist"),
 ])
 def test_bad_options_fail_before_training(capsys, tmp_path, argv, needle):
     code, out, err = run_cli(capsys, "train", f"--train.out={tmp_path / 'run'}", *argv)
@@ -66,6 +71,32 @@ def test_bad_options_fail_before_training(capsys, tmp_path, argv, needle):
     assert needle in err, err
     assert "step " not in out + err  # no training step ran
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_refuses_impossible_shared_fields(name):
+    """Each probability, weight, temperature and fraction field is range-checked in every algorithm that has
+    it, whichever `__post_init__` the algorithm defines; the defaults pass."""
+    bad = {"tau": ["0", "1.5"], "ema_p": ["1", "-0.1"], "T": ["0"], "mcc_T": ["0"], "n_sigma": ["0"],
+           "unsup_warmup": ["1.5"], "warmup_frac": ["-0.1"], "rho_update_frac": ["2"]}
+    cfg = Config()
+    apply_overrides(cfg, {"algo.name": name})
+    cfg.validate()
+    fields = [f.name for f in dataclasses.fields(cfg.algo)]
+    for f in fields:
+        values = bad.get(f, ["-0.5"] if f.startswith("lambda_") or f.endswith("_weight") else [])
+        for v in values:
+            with pytest.raises(ValueError, match=rf"--algo\.{f}="):  # the algorithm's own check, or validate's
+                apply_overrides(Config(), {"algo.name": name, f"algo.{f}": v}).validate()
+    assert "lambda_u" in fields and (name not in ("fixmatch", "flexmatch", "uda") or "tau" in fields)
+
+
+def test_eval_names_its_own_option(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tmp_path / "missing.pt"))
+    assert code == 2 and f"--checkpoint={tmp_path / 'missing.pt'}: no such file or folder" in err
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tmp_path))
+    assert code == 2 and f"--checkpoint={tmp_path}: no ckpt-<step>.pt in this folder" in err
+    assert "--train.resume" not in err
 
 
 def test_algo_options_follow_algo_name():

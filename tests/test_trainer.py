@@ -1,11 +1,13 @@
 """The trainer end to end on the offline dataset: run-directory contract, exact resume, loud failures."""
 import json
+import time
 
 import pytest
 import torch
 
 from fastssl.cli import main
 from fastssl.config import Config, apply_overrides
+from fastssl.train import metrics
 from fastssl.train.trainer import Trainer
 
 TINY = {"data.batch_size": 8, "data.uratio": 2, "data.eval_batch_size": 450, "train.steps": 6,
@@ -72,6 +74,34 @@ def test_unreadable_checkpoint_fails_loudly(tmp_path, capsys):
     assert not (tmp_path / "new" / "metrics.jsonl").exists()
     code = main(["train", f"--train.resume={tmp_path / 'missing'}"])
     assert code == 2 and "no such file or folder" in capsys.readouterr().err
+
+
+def test_its_per_sec_counts_training_time_only(tmp_path, monkeypatch):
+    """A fake clock that moves 0.5 s per step, 30 s per evaluation and 300 s per checkpoint: every rate the run
+    reports (metrics.jsonl, the summary, the progress line) is then exactly 2 it/s, with checkpoints falling
+    between evaluations (ckpt_every=2, eval_every=3), the case that once logged 6 it/s."""
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    tr = Trainer(tiny_cfg(tmp_path, **{"train.steps": 7, "train.ckpt_every": 2, "train.eval_every": 3,
+                                       "train.log_every": 1}))
+
+    def taking(fn, seconds):
+        def run(*args):
+            out = fn(*args)
+            now[0] += seconds
+            return out
+        return run
+
+    monkeypatch.setattr(tr, "train_step", taking(tr.train_step, 0.5))
+    monkeypatch.setattr(tr, "evaluate", taking(tr.evaluate, 30.0))
+    monkeypatch.setattr(tr, "save", taking(tr.save, 300.0))
+    shown, update = [], metrics.Progress.update
+    monkeypatch.setattr(metrics.Progress, "update", lambda self, s, m: shown.append(update(self, s, m)) or shown[-1])
+    summary = tr.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6, 7] and len(shown) == 7
+    assert [r["its_per_sec"] for r in rows] == pytest.approx([2.0] * 3)
+    assert shown == pytest.approx([2.0] * 7) and summary["its_per_sec"] == pytest.approx(2.0)
 
 
 def test_eval_command_matches_training_eval(full_run, capsys):

@@ -4,6 +4,7 @@ NeurIPS 2020 (arXiv:2001.07685).
 Labeled: cross-entropy on the weak view. Unlabeled: the weak view's prediction becomes a pseudo-label when
 its confidence reaches τ, and the strong view is trained to predict it. One forward over the concatenated
 batch; the masked cross-entropy runs in one fused kernel on GPU (`fastssl.kernels.pseudo_label_ce`).
+With `hard_label=false` the target is softmax(weak/T); USB's soft target ignores T (its softmax at T=1).
 """
 from __future__ import annotations
 

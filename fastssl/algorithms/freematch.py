@@ -13,8 +13,8 @@ Order of operations, as the reference (USB): the EMAs take this step's batch fir
 probabilities gathered from every rank (so the state is identical on every rank, and equals the
 single-process reference exactly when there is one rank).
 
-The fairness term is written with masks (static shapes). The reference selects the masked rows, so with
-no masked row it averages an empty set and returns NaN; here that case gives 0.
+The fairness term is written with masks (static shapes). The reference selects the masked rows and skips
+the term when no row passes the mask; here the masks give that same 0.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ above η_t = α_t(1 − 1/C) + 1/C, with α_t = t/K (linear), exp(5(t/K − 1)) 
 and the kept losses are averaged over the kept count (the paper and the authors' code).
 
 Deviation from USB on purpose: USB masks TSA on the *largest* predicted probability rather than the
-correct class's and averages over the whole batch; we follow the paper. The schedule reads `step` as a
+correct class's and averages over the whole batch; we follow the paper. USB's target is the unsharpened
+weak-view softmax whatever T; ours is softmax(weak/T), as the paper. The schedule reads `step` as a
 tensor, so it never recompiles.
 """
 from __future__ import annotations

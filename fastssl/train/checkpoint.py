@@ -51,27 +51,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory's newest `ckpt-<step>.pt`."""
+def find_checkpoint(path: str | Path, option: str = "--train.resume") -> Path:
+    """A checkpoint file, or a run directory's newest `ckpt-<step>.pt`; `option` names where the path came from."""
     path = Path(path)
     if path.is_dir():
         found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := CKPT_RE.search(p.name)))
         if not found:
-            raise FileNotFoundError(f"--train.resume={path}: no ckpt-<step>.pt in this folder; pass a checkpoint "
+            raise FileNotFoundError(f"{option}={path}: no ckpt-<step>.pt in this folder; pass a checkpoint "
                                     f"file or the --train.out folder of a run that wrote one")
         return found[-1][1]
     if not path.is_file():
-        raise FileNotFoundError(f"--train.resume={path}: no such file or folder")
+        raise FileNotFoundError(f"{option}={path}: no such file or folder")
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = find_checkpoint(path)
+def load_checkpoint(path: str | Path, option: str = "--train.resume") -> dict[str, Any]:
+    path = find_checkpoint(path, option)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a torn or foreign file: never fall back to training from scratch
-        raise ValueError(f"cannot read checkpoint {path}: {e}. Nothing was resumed; pass another checkpoint "
-                           f"(or drop --train.resume to start a new run)") from e
+        fix = ("Nothing was resumed; pass another checkpoint (or drop --train.resume to start a new run)"
+               if option == "--train.resume" else f"pass another {option}")
+        raise ValueError(f"cannot read checkpoint {path}: {e}. {fix}") from e
     missing = {"model", "ema", "optimizer", "algorithm", "step", "rng", "loader", "config"} - set(ckpt)
     if missing:
         raise ValueError(f"{path} is not a fastssl checkpoint (missing {', '.join(sorted(missing))})")

@@ -23,20 +23,39 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+class Stopwatch:
+    """Seconds counted only while running: the training time, with evaluations and checkpoints paused out."""
+
+    def __init__(self):
+        self.total, self.since = 0.0, time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.total + (time.perf_counter() - self.since if self.since is not None else 0.0)
+
+    def pause(self) -> float:
+        """Stops the count; returns the seconds run since the last start."""
+        lap = time.perf_counter() - self.since
+        self.total, self.since = self.total + lap, None
+        return lap
+
+    def start(self) -> None:
+        self.since = time.perf_counter()
+
+
 class Progress:
-    """One status line: step/total, it/s (since the last update), ETA, and the latest metrics.
+    """One status line: step/total, it/s (since the last update, timed by `clock`), ETA, and the latest metrics.
 
     Redrawn in place on a terminal; on a pipe or CI log, one plain line per update."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, stream=sys.stderr):
-        self.total, self.enabled, self.stream = total, enabled, stream
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, stream=sys.stderr, clock=time.perf_counter):
+        self.total, self.enabled, self.stream, self.clock = total, enabled, stream, clock
         self.tty = stream.isatty()
-        self.t0 = self.t_last = time.perf_counter()
+        self.t_last = clock()
         self.s_last = start
         self.its = 0.0
 
     def update(self, step: int, metrics: dict[str, float]) -> float:
-        now = time.perf_counter()
+        now = self.clock()
         if step > self.s_last:
             self.its = (step - self.s_last) / max(now - self.t_last, 1e-9)
         self.t_last, self.s_last = now, step

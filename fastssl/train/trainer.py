@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from fastssl.train import checkpoint as ckpt_io
 from fastssl.collectives import all_reduce_sum, is_dist
 from fastssl.train.distributed import init_from_env
 from fastssl.train.ema import EMATeacher
-from fastssl.train.metrics import Progress, topk_correct
+from fastssl.train.metrics import Progress, Stopwatch, topk_correct
 from fastssl.train.optim import build_optimizer, lr_at, set_lr
 from fastssl.train.provenance import provenance
 
@@ -51,7 +50,9 @@ class Trainer:
         self.rank, self.world, self.device = init_from_env()
         cuda = self.device.type == "cuda"
         self.amp = t.amp == "bf16" or (t.amp == "auto" and cuda)
-        self.channels_last = t.channels_last == "on" or (t.channels_last == "auto" and cuda)
+        # auto = on: the batches are NHWC in memory on every device, and a model in another layout gets some
+        # gradients in the batches' layout, which DDP then copies into its buckets stride by stride every step
+        self.channels_last = t.channels_last != "off"
         self.compiled = t.compile == "on" or (t.compile == "auto" and cuda)
         if not cuda:  # OpenMP threads that outnumber the free cores spin against DALI's workers
             free = (os.cpu_count() or 1) // self.world - cfg.data.num_threads
@@ -169,14 +170,14 @@ class Trainer:
         main = self.rank == 0
         if main:
             self._prepare_out_dir()
-        progress = Progress(t.steps, start=self.step, enabled=main and t.progress)
         if main:
             print(f"fastssl: {self.cfg.algo_name} on {self.cfg.data.name} ({self.data.num_lb} labeled, "
                   f"{self.data.num_ulb} unlabeled), {self.cfg.model.name}, {self.world} rank(s) on {self.device}, "
                   f"compile={'on' if self.compiled else 'off'}, bf16={'on' if self.amp else 'off'}; "
                   f"steps {self.step}→{t.steps}; writing {self.out_dir}", flush=True)
         last = {}
-        t_mark = time.perf_counter()
+        watch = Stopwatch()  # training time: evaluations and checkpoints are paused out of it and of the it/s
+        progress = Progress(t.steps, start=self.step, enabled=main and t.progress, clock=watch)
         while self.step < t.steps:
             self.train_step()
             s = self.step
@@ -184,14 +185,17 @@ class Trainer:
                 last = self._read_metrics()
                 progress.update(s, {"loss": last["loss"], **({"mask": last["mask_ratio"]} if "mask_ratio" in last else {}),
                                     **({"top1": self.history[-1]["top1"]} if self.history else {})})
-            if s % t.eval_every == 0 or s == t.steps:
-                self._interval["train_time"] += time.perf_counter() - t_mark
-                self._read_metrics()
-                self._record_eval(self.evaluate(), last)
-                t_mark = time.perf_counter()
-            if (t.ckpt_every and s % t.ckpt_every == 0) or s == t.steps:
-                self.save()
-                t_mark = time.perf_counter()
+            evaluate = s % t.eval_every == 0 or s == t.steps
+            checkpoint = (t.ckpt_every and s % t.ckpt_every == 0) or s == t.steps
+            if evaluate or checkpoint:
+                self.sync()  # the queued steps count as training, not as the evaluation that waits for them
+                self._interval["train_time"] += watch.pause()
+                if evaluate:
+                    self._read_metrics()
+                    self._record_eval(self.evaluate(), last)
+                if checkpoint:
+                    self.save()
+                watch.start()
         progress.close()
         summary = self.summary()
         if main:

@@ -1,0 +1,55 @@
+"""DDP's gradient buckets take the parameters' strides; a gradient in another layout is copied with a strided copy
+every step (DDP warns once: "Grad strides do not match bucket view strides"). The batches are NHWC in memory on
+every device, so the model must be too: checked in a two-rank gloo run of the real trainer on CPU."""
+import os
+import socket
+import warnings
+
+import pytest
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out: str, q) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    import torch.distributed as dist
+
+    from fastssl.config import Config, apply_overrides
+    from fastssl.train.trainer import Trainer
+
+    cfg = Config()
+    apply_overrides(cfg, {"data.batch_size": 8, "data.uratio": 2, "train.steps": 2, "train.compile": "off",
+                          "train.progress": False, "train.out": out})
+    tr = Trainer(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr.run_steps(2)
+    # one backward without the optimizer's zero_grad after it, to read the gradients' strides
+    out_ = tr.forward(next(tr._batches), tr.step_t)
+    out_.loss.backward()
+    mismatched = [n for n, p in tr.model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    q.put((rank, [str(w.message) for w in caught], mismatched))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned ranks: 17 s of CPU, about 2 min on the shared machine
+def test_ddp_gradients_land_in_their_buckets_without_a_layout_copy(tmp_path):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path), q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(q.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank, messages, mismatched in results:
+        assert not [m for m in messages if "strides do not match" in m], (rank, messages)
+        assert mismatched == [], f"rank {rank}: gradients in another layout than their parameters: {mismatched}"
