@@ -67,26 +67,9 @@ def split_labeled(labels: np.ndarray, num_labels: int, num_classes: int, seed: i
         # num_classes comes from the dataset reader, not from an option: the label file itself is wrong.
         raise ValueError(f"training labels lie in {labels.min()}..{labels.max()}, outside the dataset's "
                          f"{num_classes} classes [0, {num_classes}); the files under --data.root are damaged or "
-                         f"not of the --data.name dataset (npz: labels must be 0..K-1 with every class present)")
+                         "not of the --data.name dataset")
     n = len(labels)
-    if strategy.startswith("file:"):
-        lb = read_index_file(strategy[5:], labels, num_labels, num_classes)
-    elif num_labels == -1 or num_labels == n:
-        lb = np.arange(n, dtype=np.int64)
-    else:
-        per_class = _per_class(labels, num_labels, num_classes)
-        if strategy == "random":
-            rng = np.random.default_rng(seed)
-            picked = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(num_classes)]
-        elif strategy in ("representative", "unrepresentative"):
-            if features is None:
-                raise ValueError(f"--data.split={strategy} needs features; give --data.split_features=PATH.npy")
-            get = features if callable(features) else (lambda idx, f=features: f[idx])
-            picked = [_by_medoid(np.flatnonzero(labels == c), get, per_class, strategy == "unrepresentative")
-                      for c in range(num_classes)]
-        else:
-            raise ValueError(f"--data.split={strategy!r}: use {', '.join(STRATEGIES)} or file:PATH")
-        lb = np.sort(np.concatenate(picked)).astype(np.int64)
+    lb = _pick(labels, num_labels, num_classes, seed, strategy, features)
     if include_labeled_in_unlabeled:
         ulb = np.arange(n, dtype=np.int64)
     else:
@@ -94,6 +77,28 @@ def split_labeled(labels: np.ndarray, num_labels: int, num_classes: int, seed: i
         rest[lb] = False
         ulb = np.flatnonzero(rest).astype(np.int64)
     return Split(lb, ulb, labels[lb].astype(np.int64))
+
+
+def _pick(labels: np.ndarray, num_labels: int, num_classes: int, seed: int, strategy: str,
+          features: Features | np.ndarray | None) -> np.ndarray:
+    """(L,) sorted int64 labeled indices by `strategy`."""
+    if strategy.startswith("file:"):
+        return read_index_file(strategy[5:], labels, num_labels, num_classes)
+    if num_labels == -1 or num_labels == len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    per_class = _per_class(labels, num_labels, num_classes)
+    if strategy == "random":
+        rng = np.random.default_rng(seed)
+        picked = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(num_classes)]
+    elif strategy in ("representative", "unrepresentative"):
+        if features is None:
+            raise ValueError(f"--data.split={strategy} needs features; give --data.split_features=PATH.npy")
+        get = features if callable(features) else (lambda idx, f=features: f[idx])
+        picked = [_by_medoid(np.flatnonzero(labels == c), get, per_class, strategy == "unrepresentative")
+                  for c in range(num_classes)]
+    else:
+        raise ValueError(f"--data.split={strategy!r}: use {', '.join(STRATEGIES)} or file:PATH")
+    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def _per_class(labels: np.ndarray, num_labels: int, num_classes: int) -> int:
@@ -263,7 +268,8 @@ def _features(d: Any, ds: Any) -> tuple[Features, str]:
                          f"({n}, D) features of the training images, in the reader's order")
     h, w = ds.train_x.shape[1:3]
     f = -(-max(h, w) // FEATURE_SIDE)
-    return (lambda idx: pixel_features(ds.train_x[idx])), f"pixels/255, {f}x{f} box mean → {h // f}x{w // f}"
+    shown = f"pixels/255 at {h}x{w}" if f == 1 else f"pixels/255, {f}x{f} box mean → {h // f}x{w // f}"
+    return (lambda idx: pixel_features(ds.train_x[idx])), shown
 
 
 def labels_hash(labels: np.ndarray) -> str:
