@@ -130,7 +130,8 @@ def _by_medoid(members: np.ndarray, features: Features, k: int, farthest: bool) 
 
 def _dist_to(x: np.ndarray, i: int) -> np.ndarray:
     """(n,) fp64 Euclidean distances of every row of x to row i."""
-    return np.sqrt(((x - x[i]) ** 2).sum(1))
+    diff = x - x[i]
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
 def _medoid(x: np.ndarray, chunk_bytes: int = 1 << 24) -> int:
@@ -161,8 +162,8 @@ def _medoid(x: np.ndarray, chunk_bytes: int = 1 << 24) -> int:
 
 
 def pixel_features(x: np.ndarray) -> np.ndarray:
-    """(n, H, W[, C]) uint8 images → (n, D) float32 features: pixels scaled to [0, 1], box-averaged by the
-    smallest integer factor f with ceil(H/f), ceil(W/f) ≤ FEATURE_SIDE (the H, W remainder mod f cropped)."""
+    """(n, H, W[, C]) uint8 images → (n, D) float32 features: pixels scaled to [0, 1], averaged over f×f boxes,
+    f = ceil(max(H, W) / FEATURE_SIDE), rows and columns beyond a multiple of f dropped (D = H//f·W//f·C)."""
     x = np.asarray(x)
     n, h, w = x.shape[:3]
     f = -(-max(h, w) // FEATURE_SIDE)
