@@ -30,6 +30,12 @@ class DataConfig:
     """labeled samples in total, class-balanced (a multiple of the class count)"""
     split_seed: int = 0
     """seed of the labeled/unlabeled split (independent of the training seed)"""
+    split: str = "random"
+    """labeled-set selection, class-balanced: random (seeded draw), representative / unrepresentative (per class the
+    images nearest to / farthest from the class medoid, see split_features), or file:PATH (a run's split.npz, a .npy
+    or a text file of labeled training-set indices)"""
+    split_features: str | None = None
+    """(N, D) .npy of training-set features for (un)representative; default: pixels in [0, 1], box-downscaled to ≤32×32"""
     include_labeled_in_unlabeled: bool = True
     """the unlabeled set is the whole training set, labeled samples included (the reference convention)"""
     svhn_extra: bool = False
@@ -155,6 +161,10 @@ class Config:
             (d.name != "imagefolder" or d.image_size > 0,
              "--data.name=imagefolder needs --data.image_size=N, the side its images are resized to (e.g. 224)"),
             *_algo_checks(self.algo),
+            (d.split in ("random", "representative", "unrepresentative") or d.split.startswith("file:"),
+             f"--data.split={d.split!r}: use random, representative, unrepresentative or file:PATH"),
+            (d.split_features is None or d.split.endswith("representative"),
+             "--data.split_features is used only by --data.split=representative or unrepresentative"),
         ]
         for ok, msg in checks:
             if not ok:

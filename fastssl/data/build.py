@@ -42,15 +42,14 @@ def build_data(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: t
     """This rank's loaders; `build_train=False` builds only the eval loader (`fastssl eval`)."""
     from fastssl.data.pipeline import EvalLoader, TrainLoader
     from fastssl.data.sources import load_dataset
-    from fastssl.data.splits import labels_hash, split_labeled
+    from fastssl.data.splits import make_split
 
     d = cfg.data
     opts = {"svhn": {"extra": d.svhn_extra}, "imagefolder": {"image_size": d.image_size or 224}}.get(d.name, {})
     ds = load_dataset(d.name, d.root, **opts)
     files = ds.train_x is None
     train_x = ds.train_files if files else ds.train_x
-    split = split_labeled(np.asarray(ds.train_y), d.num_labels, ds.num_classes, d.split_seed,
-                          include_labeled_in_unlabeled=d.include_labeled_in_unlabeled)
+    split, split_meta = make_split(d, ds)
     lb_x, lb_y = _select(train_x, split.lb_idx), np.asarray(ds.train_y)[split.lb_idx]
     ulb_x, ulb_y = _select(train_x, split.ulb_idx), np.asarray(ds.train_y)[split.ulb_idx]
     if ds.extra_unlabeled_x is not None:
@@ -72,7 +71,4 @@ def build_data(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: t
     make_eval = EvalLoader.from_files if files else EvalLoader
     test_x = ds.test_files if files else ds.test_x
     evl = make_eval(test_x, np.asarray(ds.test_y), batch_size=d.eval_batch_size, **common)
-    meta = {"dataset": d.name, "num_labels": d.num_labels, "seed": d.split_seed, "num_classes": ds.num_classes,
-            "include_labeled_in_unlabeled": d.include_labeled_in_unlabeled,
-            "labels_sha256": labels_hash(np.asarray(ds.train_y))}
-    return DataBundle(train, evl, ds.num_classes, ds.channels, image_size, len(lb_y), len(ulb_y), split, meta)
+    return DataBundle(train, evl, ds.num_classes, ds.channels, image_size, len(lb_y), len(ulb_y), split, split_meta)

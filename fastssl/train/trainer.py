@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fastssl.algorithms import get_algorithm
 from fastssl.config import Config
 from fastssl.data.build import build_data
+from fastssl.data.splits import check_same_split, save_split, split_state
 from fastssl.models import build_model
 from fastssl.train import checkpoint as ckpt_io
 from fastssl.collectives import all_reduce_sum, is_dist
@@ -235,8 +236,6 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"config": self.cfg.to_dict(), **provenance(self.device), "world_size": self.world}
         (self.out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str))
-        from fastssl.data.splits import save_split
-
         save_split(self.out_dir / "split.npz", self.data.split, self.data.split_meta)
         # On resume, evaluations after the checkpoint's step are about to be redone: drop them.
         mpath = self.out_dir / "metrics.jsonl"
@@ -262,7 +261,7 @@ class Trainer:
             "algorithm": self.algorithm.state_dict(), "step": self.step, "history": self.history,
             "metric_interval": self._interval, "world_size": self.world,
             "loader": [r["loader"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
-            "config": self.cfg.to_dict(),
+            "config": self.cfg.to_dict(), "split": split_state(self.data.split, self.data.split_meta),
         }
         path = self.out_dir / f"ckpt-{self.step}.pt"
         ckpt_io.save_atomic(state, path)
@@ -277,6 +276,7 @@ class Trainer:
         if ck["world_size"] != self.world:
             raise ValueError(f"checkpoint {ck['path']} was written by {ck['world_size']} rank(s), this run has "
                              f"{self.world}; resume with --nproc_per_node={ck['world_size']}")
+        check_same_split(ck["split"], self.data.split, self.data.split_meta, f"checkpoint {ck['path']}")
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
         self.optimizer.load_state_dict(ck["optimizer"])
