@@ -4,13 +4,16 @@ from __future__ import annotations
 import sys
 import textwrap
 
-USAGE = """usage: fastssl train [--recipe NAME] [--SECTION.FIELD=VALUE ...]
+USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] [--SECTION.FIELD=VALUE ...]
        fastssl eval --checkpoint PATH [--data.root DIR]
        fastssl info
        fastssl bench [...]          (run from a source checkout: the harness lives in benchmarks/)
        fastssl train --help         every option, its default and meaning (add --algo.name=X for X's options)
 Launch on N GPUs (or N CPU processes) with: torchrun --nproc_per_node=N -m fastssl train ...
 """
+
+SHORT = {"out": "train.out", "resume": "train.resume"}
+"""short forms: --out DIR is --train.out DIR, --resume DIR|auto is --train.resume DIR|auto"""
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -33,6 +36,7 @@ def parse_overrides(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
                 raise ValueError(f"--{key} needs a value: --{key}=VALUE")
             val = argv[i + 1]
             i += 1
+        key = SHORT.get(key, key)
         (overrides if "." in key else plain)[key] = val
         i += 1
     return overrides, plain
@@ -59,6 +63,10 @@ def print_help(cfg) -> None:
         if doc:
             print(textwrap.fill(doc, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
     print("  --recipe=NAME\n      named published setup applied before the other options (see `fastssl info`)")
+    print("  --out=DIR, --resume=DIR|auto\n      short for --train.out, --train.resume")
+    from fastssl.train import faults
+
+    print("exit codes:" + faults.__doc__.split("Exit codes of `fastssl train` (also in README and `fastssl train --help`):")[1])
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -139,3 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"fastssl: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from fastssl.train.faults import RunError
+
+        if not isinstance(e, RunError):
+            raise
+        print(f"fastssl: {'error: ' if e.code == 2 else ''}{e}", file=sys.stderr)
+        return e.code
