@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
+from fastssl.train.faults import EXIT_CODES, RunError
+
 USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] [--SECTION.FIELD=VALUE ...]
        fastssl eval --checkpoint PATH [--data.root DIR]
        fastssl info
@@ -64,9 +66,7 @@ def print_help(cfg) -> None:
             print(textwrap.fill(doc, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
     print("  --recipe=NAME\n      named published setup applied before the other options (see `fastssl info`)")
     print("  --out=DIR, --resume=DIR|auto\n      short for --train.out, --train.resume")
-    from fastssl.train import faults
-
-    print("exit codes:" + faults.__doc__.split("Exit codes of `fastssl train` (also in README and `fastssl train --help`):")[1])
+    print("exit codes:\n" + EXIT_CODES)
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -147,10 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"fastssl: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from fastssl.train.faults import RunError
-
-        if not isinstance(e, RunError):
-            raise
+    except RunError as e:  # refused or stopped early (preempted, diverged): one line and its exit code
         print(f"fastssl: {'error: ' if e.code == 2 else ''}{e}", file=sys.stderr)
         return e.code

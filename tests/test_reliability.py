@@ -26,12 +26,13 @@ TINY = {"data.batch_size": 8, "data.uratio": 2, "data.eval_batch_size": 450, "tr
 
 def cfg_for(out, **extra) -> Config:
     cfg = Config()
-    apply_overrides(cfg, {**TINY, "train.out": str(out), **extra})
+    apply_overrides(cfg, {**TINY, **extra})
+    cfg.train.out = out and str(out)
     return cfg
 
 
 def argv_for(out, **extra) -> list[str]:
-    return ["train", *(f"--{k}={v}" for k, v in {**TINY, **extra}.items()), f"--out={out}"]
+    return ["train", *(f"--{k}={v}" for k, v in {**TINY, **extra}.items()), f"--train.out={out}"]
 
 
 def strict_rows(path: Path) -> list[dict]:
@@ -72,11 +73,24 @@ def test_resume_from_another_folder_into_a_run_is_refused(finished_run, tmp_path
     assert resumed.step == 3
 
 
-def test_default_run_directories_never_collide(tmp_path):
-    made = [runlock.default_out_dir("fixmatch", "digits", tmp_path) for _ in range(3)]
-    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
-    stamp = made[0].name.removeprefix("fixmatch-digits-")
-    assert len(stamp) == len("20260101-120000")  # the second-resolution name stays the first choice
+def test_default_run_directories_never_collide(tmp_path, monkeypatch):
+    import fastssl.train.trainer as trainer_mod
+    from datetime import datetime
+
+    class Frozen(datetime):  # both runs start in the same second
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 1, 12, 0, 0)
+
+    monkeypatch.setattr(runlock, "datetime", Frozen)
+    monkeypatch.setattr(trainer_mod, "datetime", Frozen, raising=False)
+    monkeypatch.chdir(tmp_path)
+    tr = Trainer(cfg_for(None))
+    tr.fit()
+    first, tr.out_dir = tr.out_dir, None
+    tr.fit()
+    assert first == Path("runs/fixmatch-digits-20260101-120000")
+    assert tr.out_dir == Path("runs/fixmatch-digits-20260101-120000-2") and (tr.out_dir / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------ 2. one writer per run directory
@@ -298,6 +312,11 @@ def test_unreadable_images_are_named_before_training_and_checks_are_cached(tmp_p
 
 # ------------------------------------------------------------------------------ 6. short options
 
-def test_out_and_resume_short_forms():
+def test_out_and_resume_short_forms_and_exit_codes_in_help(capsys):
     overrides, plain = parse_overrides(["--out", "runs/x", "--resume=auto", "--train.steps=5"])
     assert overrides == {"train.out": "runs/x", "train.resume": "auto", "train.steps": "5"} and plain == {}
+    assert main(["train", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--out=DIR, --resume=DIR|auto" in help_text
+    codes = help_text.split("exit codes:\n")[1]
+    assert all(f"  {c} " in codes for c in (0, 1, 2, 3, 143)) and "130 by SIGINT" in codes

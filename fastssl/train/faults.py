@@ -1,13 +1,5 @@
-"""How a run stops when something goes wrong, and the exit code each way of stopping gives.
-
-Exit codes of `fastssl train` (also in README and `fastssl train --help`):
-  0    finished
-  1    an unexpected error (a bug: Python's traceback)
-  2    a bad option, input or output path (one line naming the fix); nothing was trained or overwritten
-  3    training diverged (non-finite loss or weights); no non-finite checkpoint was written
-  143  stopped by SIGTERM, 130 by SIGINT (Ctrl-C): the current step finished, a checkpoint was written;
-       continue with --train.resume=DIR (or =auto). 128+signal, as a shell reports a killed process, so a
-       job script requeues on 143 whether the signal came before the handler was installed or after.
+"""How a run stops when something goes wrong, and the exit code each way of stopping gives (EXIT_CODES,
+printed by `fastssl train --help` and tabled in the README).
 """
 from __future__ import annotations
 
@@ -18,9 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 EXIT_USAGE, EXIT_DIVERGED = 2, 3
+EXIT_CODES = """\
+  0    finished
+  1    an unexpected error (a bug: Python's traceback)
+  2    a bad option, input or output path (one line naming the fix); nothing was trained or overwritten
+  3    training diverged (non-finite loss or weights); no non-finite checkpoint was written
+  143  stopped by SIGTERM, 130 by SIGINT (Ctrl-C): the current step finished, a checkpoint was written;
+       continue with --train.resume=DIR (or =auto). 128+signal, as a shell reports a killed process, so a
+       job script requeues on 143 whether the signal came before the handler was installed or after.
+"""
 
 
 class RunError(Exception):
@@ -62,11 +61,13 @@ def check_metrics(means: dict[str, float], step: int, out: Path | None) -> None:
         raise Diverged(step, f"the mean {', '.join(bad)} of the last steps", out)
 
 
-@torch.no_grad()
-def check_weights(modules: list[torch.nn.Module], step: int, out: Path | None) -> None:
+def check_weights(modules: list, step: int, out: Path | None) -> None:
     """Before a checkpoint is written (which reads everything back anyway): one reduction, one read."""
-    tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
-    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    import torch
+
+    with torch.no_grad():
+        tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
     if not finite.item():  # host sync (checkpoint only)
         raise Diverged(step, "the model's weights", out)
 
@@ -120,7 +121,7 @@ class StopOnSignal:
     def __exit__(self, *exc) -> None:
         self.restore()
 
-    def requested(self, at_sync_point: bool, device: torch.device) -> int | None:
+    def requested(self, at_sync_point: bool, device) -> int | None:
         """The signal to stop for, identical on every rank; None to go on."""
         from fastssl.collectives import is_dist
 
@@ -128,6 +129,7 @@ class StopOnSignal:
             return self.signum
         if not at_sync_point:
             return None
+        import torch
         import torch.distributed as dist
 
         flag = torch.tensor([self.signum or 0], device=device)

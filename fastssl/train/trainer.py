@@ -1,7 +1,8 @@
 """The training loop: batch → compiled step → optimizer → EMA → algorithm state; log, eval, checkpoint.
 
 Read top to bottom; there are no hooks. The only host syncs are in `_read_metrics` (every `log_every`
-steps), `evaluate` and `save` — each marked `# host sync`.
+steps), `evaluate` and `save` — each marked `# host sync` — plus, under torchrun, the ranks' agreement on a
+stop signal at the same `log_every` points (faults.StopOnSignal.requested).
 """
 from __future__ import annotations
 
