@@ -320,3 +320,21 @@ def test_out_and_resume_short_forms_and_exit_codes_in_help(capsys):
     assert "--out=DIR, --resume=DIR|auto" in help_text
     codes = help_text.split("exit codes:\n")[1]
     assert all(f"  {c} " in codes for c in (0, 1, 2, 3, 143)) and "130 by SIGINT" in codes
+
+
+def test_reproduce_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
+    repro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repro)
+    run_dir = tmp_path / "seed0"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")  # a run that holds files but no checkpoint
+    assert repro.state(run_dir, 100) == "new"
+    cmd = repro.command("cifar10_fixmatch_40", 0, run_dir, data_root=None, nproc=1, resume=False, extra=[])
+    assert cmd[-1] == "--train.resume=auto"
+    resolved = runlock.claim_check(str(run_dir), "auto", check=True)  # what the trainer then accepts
+    assert resolved is None  # no checkpoint: a fresh start in place
+    with pytest.raises(faults.RunError, match="already holds a run"):
+        runlock.claim_check(str(run_dir), None, check=True)

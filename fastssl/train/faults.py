@@ -30,9 +30,9 @@ class RunError(Exception):
 class Preempted(RunError):
     def __init__(self, signum: int, step: int, path: Path | None):
         self.code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path}. "
-                         f"Continue with --train.resume={path.parent if path else 'DIR'} (or --train.resume=auto "
-                         f"with the same --train.out); exit code {self.code}")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+                         f"{path or '(written by rank 0)'}. Continue with --train.resume={path.parent if path else 'DIR'} "
+                         f"(or --train.resume=auto with the same --train.out); exit code {self.code}")
 
 
 class Diverged(RunError):
