@@ -4,13 +4,18 @@ from __future__ import annotations
 import sys
 import textwrap
 
-USAGE = """usage: fastssl train [--recipe NAME] [--SECTION.FIELD=VALUE ...]
+from fastssl.train.faults import EXIT_CODES, RunError
+
+USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] [--SECTION.FIELD=VALUE ...]
        fastssl eval --checkpoint PATH [--data.root DIR]
        fastssl info
        fastssl bench [...]          (run from a source checkout: the harness lives in benchmarks/)
        fastssl train --help         every option, its default and meaning (add --algo.name=X for X's options)
 Launch on N GPUs (or N CPU processes) with: torchrun --nproc_per_node=N -m fastssl train ...
 """
+
+SHORT = {"out": "train.out", "resume": "train.resume"}
+"""short forms: --out DIR is --train.out DIR, --resume DIR|auto is --train.resume DIR|auto"""
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -33,6 +38,7 @@ def parse_overrides(argv: list[str]) -> tuple[dict[str, str], dict[str, str]]:
                 raise ValueError(f"--{key} needs a value: --{key}=VALUE")
             val = argv[i + 1]
             i += 1
+        key = SHORT.get(key, key)
         (overrides if "." in key else plain)[key] = val
         i += 1
     return overrides, plain
@@ -59,6 +65,8 @@ def print_help(cfg) -> None:
         if doc:
             print(textwrap.fill(doc, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
     print("  --recipe=NAME\n      named published setup applied before the other options (see `fastssl info`)")
+    print("  --out=DIR, --resume=DIR|auto\n      short for --train.out, --train.resume")
+    print("exit codes:\n" + EXIT_CODES)
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -139,3 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"fastssl: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # refused or stopped early (preempted, diverged): one line and its exit code
+        print(f"fastssl: {'error: ' if e.code == 2 else ''}{e}", file=sys.stderr)
+        return e.code

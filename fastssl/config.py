@@ -94,7 +94,8 @@ class TrainConfig:
     out: str | None = None
     """run directory (config.json, metrics.jsonl, checkpoints, the labeled split); default runs/<algo>-<dataset>-<time>"""
     resume: str | None = None
-    """checkpoint to continue from exactly (a file, or a run directory: its latest checkpoint)"""
+    """checkpoint to continue from exactly (a file, or a run directory: its latest checkpoint); auto: the newest
+    checkpoint in --train.out if it has one, else start fresh (what a requeued job passes)"""
     compile: str = "auto"
     """torch.compile the train step: auto (on with CUDA, off on CPU), on, off"""
     compile_mode: str = "default"

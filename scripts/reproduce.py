@@ -82,6 +82,8 @@ def command(recipe: str, seed: int, run_dir: Path, *, data_root: str | None, npr
         cmd.append(f"--data.root={data_root}")
     if resume:
         cmd.append(f"--train.resume={run_dir}")
+    elif run_dir.is_dir():  # died before its first checkpoint: the trainer refuses a used folder unless told
+        cmd.append("--train.resume=auto")
     return cmd + extra
 
 

@@ -507,6 +507,9 @@ def _load_imagefolder(root, image_size: tuple[int, int] | int = 224) -> Dataset:
     empty = [c for i, c in enumerate(class_names) if not np.any(train_y == i)]
     if empty or not test_files:
         raise DatasetError(f"no .jpg/.jpeg/.png images in {', '.join(empty) or test_dir.name}; expected {expected}")
+    from fastssl.data.verify import check_images  # every file checked once (cached), before any training
+
+    check_images(train_files + test_files, str(root))
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return Dataset("imagefolder", None, train_y, None, test_y, len(class_names), 3, size,
                    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), class_names,

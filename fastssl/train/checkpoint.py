@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastssl.train.faults import RunError
+
 # Options that may differ between the run that wrote a checkpoint and the one resuming it: where files go,
 # how often things are reported, and speed settings that do not change the arithmetic on CPU.
 RESUMABLE_CHANGES = {
@@ -29,11 +31,29 @@ def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as torch's RuntimeError around the OSError
+        tmp.unlink(missing_ok=True)  # a partial checkpoint would only fill the disk further
+        raise CheckpointWriteError(path, e) from e
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    while isinstance(e, RuntimeError) and (e.__cause__ or e.__context__):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+class CheckpointWriteError(RunError):
+    def __init__(self, path: Path, e: BaseException):
+        cause = _root_cause(e)
+        reason = os.strerror(cause.errno) if getattr(cause, "errno", None) else str(cause).splitlines()[0]
+        super().__init__(f"cannot write checkpoint {path}: {reason}; nothing partial was left. Free space on that "
+                         f"disk (or pass another --train.out) and continue with --train.resume={path.parent}")
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """The training loop: batch → compiled step → optimizer → EMA → algorithm state; log, eval, checkpoint.
 
 Read top to bottom; there are no hooks. The only host syncs are in `_read_metrics` (every `log_every`
-steps), `evaluate` and `save` — each marked `# host sync`.
+steps), `evaluate` and `save` — each marked `# host sync` — plus, under torchrun, the ranks' agreement on a
+stop signal at the same `log_every` points (faults.StopOnSignal.requested).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from fastssl.data.build import build_data
 from fastssl.data.splits import check_same_split, save_split, split_state
 from fastssl.models import build_model
 from fastssl.train import checkpoint as ckpt_io
+from fastssl.train import faults, runlock
 from fastssl.collectives import all_reduce_sum, is_dist
 from fastssl.train.distributed import init_from_env
 from fastssl.train.ema import EMATeacher
@@ -59,6 +61,7 @@ class Trainer:
             free = (os.cpu_count() or 1) // self.world - cfg.data.num_threads
             torch.set_num_threads(t.cpu_threads or max(1, free))
         algo_cls = get_algorithm(cfg.algo_name)
+        resume = runlock.claim_check(t.out, t.resume, check=build_train and self.rank == 0)  # before the data
 
         self.data = build_data(cfg, algo_cls.views, rank=self.rank, world=self.world, device=self.device,
                                build_train=build_train)
@@ -91,8 +94,8 @@ class Trainer:
         torch.manual_seed(t.seed + 1 + self.rank)  # per-rank stream for the algorithms' own randomness
         self._batches = iter(self.data.train) if build_train else None
         self.out_dir: Path | None = Path(t.out) if t.out else None
-        if t.resume:
-            self._resume(ckpt_io.load_checkpoint(t.resume))
+        if resume:
+            self._resume(ckpt_io.load_checkpoint(resume))
 
     # --- one step -------------------------------------------------------------------------------------
     def _forward(self, batch, step_t):
@@ -132,6 +135,7 @@ class Trainer:
             return {}
         sums = all_reduce_sum(self._metric_sum) / (self._metric_count * self.world)
         means = dict(zip(self._metric_keys, sums.tolist()))  # host sync (once every log_every steps)
+        faults.check_metrics(means, self.step, self.out_dir)
         self._interval["loss"] += means["loss"] * self._metric_count
         self._interval["n"] += self._metric_count
         self._metric_sum.zero_()
@@ -167,6 +171,15 @@ class Trainer:
 
     # --- the run ----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Trains to --train.steps, holding the run directory's lock. A signal or divergence ends it early with a
+        faults.RunError (after a checkpoint, or naming the last good one)."""
+        if self.rank == 0 and self.out_dir is None:
+            self.out_dir = runlock.default_out_dir(self.cfg.algo_name, self.cfg.data.name)
+        with runlock.RunLock(self.out_dir) if self.rank == 0 else contextlib.nullcontext(), \
+                faults.StopOnSignal() as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: faults.StopOnSignal) -> dict[str, Any]:
         t = self.cfg.train
         main = self.rank == 0
         if main:
@@ -197,10 +210,12 @@ class Trainer:
                 if checkpoint:
                     self.save()
                 watch.start()
+            if s < t.steps and (signum := stop.requested(s % t.log_every == 0, self.device)):
+                raise self._preempted(signum)
         progress.close()
         summary = self.summary()
         if main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.out_dir / "summary.json").write_text(faults.strict_json(summary, indent=2))
             print("fastssl: done. " + json.dumps(summary), flush=True)
         return summary
 
@@ -219,7 +234,7 @@ class Trainer:
         self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0, "step0": self.step}
         if self.rank == 0:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(faults.strict_json(rec) + "\n")
 
     def summary(self) -> dict[str, Any]:
         if not self.history:
@@ -230,9 +245,6 @@ class Trainer:
                 "out": str(self.out_dir)}
 
     def _prepare_out_dir(self) -> None:
-        if self.out_dir is None:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            self.out_dir = Path("runs") / f"{self.cfg.algo_name}-{self.cfg.data.name}-{stamp}"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"config": self.cfg.to_dict(), **provenance(self.device), "world_size": self.world}
         (self.out_dir / "config.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -240,7 +252,7 @@ class Trainer:
         # On resume, evaluations after the checkpoint's step are about to be redone: drop them.
         mpath = self.out_dir / "metrics.jsonl"
         kept = [h for h in self.history if h["step"] <= self.step]
-        mpath.write_text("".join(json.dumps(h) + "\n" for h in kept))
+        mpath.write_text("".join(faults.strict_json(h) + "\n" for h in kept))
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
@@ -249,6 +261,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Every rank contributes its pipeline position and RNG; rank 0 writes one file atomically."""
         self._sync_buffers()
+        faults.check_weights([self.model, self.ema.module], self.step, self.out_dir)  # never save NaNs
         per_rank = [None] * self.world
         if is_dist():
             dist.all_gather_object(per_rank, self._rank_state())  # host sync (checkpoint only)
@@ -267,6 +280,14 @@ class Trainer:
         ckpt_io.save_atomic(state, path)
         ckpt_io.prune(self.out_dir)
         return path
+
+    def _preempted(self, signum: int) -> faults.Preempted:
+        """Folds the partial metrics interval into the state, then checkpoints this step (unless just done)."""
+        t = self.cfg.train
+        self._read_metrics()
+        saved = t.ckpt_every and self.step % t.ckpt_every == 0
+        path = self.save() if not saved else self.out_dir and self.out_dir / f"ckpt-{self.step}.pt"
+        return faults.Preempted(signum, self.step, path)
 
     def _resume(self, ck: dict[str, Any]) -> None:
         bad = ckpt_io.config_mismatches(ck["config"], self.cfg.to_dict())
