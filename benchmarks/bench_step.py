@@ -203,6 +203,9 @@ def run(args) -> dict:
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        (args.device if args.device != "auto" else "cpu"))
     torch.set_num_threads(args.threads)
+    from fastssl.train.trainer import configure_backends
+
+    configure_backends(dev)  # process-wide (cuDNN autotuning on CUDA): every system runs with what fastssl sets
     names = [s for s in args.systems.split(",") if s]
     if args.variants:
         names += ["fastssl_nocompile", "ceiling_nocompile"] if dev.type == "cuda" else \
