@@ -108,7 +108,7 @@ SECTIONS = ("data", "model", "optim", "train", "aug", "algo")
 
 
 def _augment_config_cls():
-    from fastssl.data.augment import AugmentConfig
+    from fastssl.data.augment_config import AugmentConfig  # DALI-free: a Config needs no DALI
 
     return AugmentConfig
 
