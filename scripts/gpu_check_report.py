@@ -5,9 +5,9 @@
 
 `stage` adds the stage's status (exit code, seconds, pytest counts read from its output) to
 OUT/summary-PHASE.json and, given a JSON file the stage wrote, stores it under the stage's name in
-OUT/results-PHASE.json. `finish` reads results-PHASE.json, writes the figures and the PASS/FAIL targets into
-summary-PHASE.json and prints them. Both rewrite their file whole (write to a temporary name, then rename), so a phase cut short
-by a timeout still leaves valid JSON behind.
+OUT/results-PHASE.json. `finish` reads results-PHASE.json, writes the figures and the PASS/FAIL targets
+into summary-PHASE.json and prints them. Both rewrite their file whole (write to a temporary name, then
+rename), so a phase cut short by a timeout still leaves valid JSON behind.
 """
 from __future__ import annotations
 
@@ -57,11 +57,16 @@ def stage(out: Path, phase: str, name: str, rc: str, seconds: str, limit: str, o
     if ema:
         rec["ema_pct_of_copy_bandwidth"] = int(ema.group(1))
     if json_file and Path(json_file).is_file():
-        results_path = out / f"results-{phase}.json"
-        results = _load(results_path, {})
-        results[name] = json.loads(Path(json_file).read_text())
-        _save(results_path, results)
-        rec["results"] = results_path.name
+        try:
+            data = json.loads(Path(json_file).read_text())
+        except json.JSONDecodeError as e:  # a stage killed while writing it
+            rec["results"] = f"unreadable: {e}"
+        else:
+            results_path = out / f"results-{phase}.json"
+            results = _load(results_path, {})
+            results[name] = data
+            _save(results_path, results)
+            rec["results"] = results_path.name
     summary = _load(out / f"summary-{phase}.json", {"phase": phase})
     summary.setdefault("stages", {})[name] = rec
     _save(out / f"summary-{phase}.json", summary)

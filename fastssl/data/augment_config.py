@@ -1,7 +1,7 @@
 """The knobs of the weak and strong views (`fastssl.data.augment` builds them as DALI graphs).
 
-Apart from the graphs so that a Config can be made, checked and printed without DALI installed (the
-synthetic-data mode and `--help` never import it)."""
+Kept apart from the graphs so that a Config can be made, checked and printed without DALI installed (the
+synthetic-data mode never imports it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
