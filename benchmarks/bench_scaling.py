@@ -11,7 +11,7 @@ change in machine load does not favour one of them.
 
 On CPU each rank gets `--threads` intra-op threads (1 by default): N ranks on a 2-core machine share the
 same cores, so this measures the overhead of the gradient all-reduce and of the sharded pipelines more than
-a speed-up. The meaningful run is on 2+ GPUs (scripts/gpu_bench.sh).
+a speed-up. The meaningful run is on 2+ GPUs (NCCL), e.g. `--nprocs 1,2` on a 2-GPU machine.
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ Systems (each does the same work per step: B labeled + μB weak + μB strong ima
   fastssl   `fastssl.train.trainer.Trainer(cfg).run_steps(n)`: DALI views, the (compiled) step, EMA, state
   ceiling   the same model's forward + backward + SGD step on pre-made tensors of the same shapes (compiled,
             bf16 and channels_last on CUDA, as fastssl's defaults): what no data pipeline can beat
+  fastssl_synth  (on request) the same Trainer on `--data.name=synthetic`: a few pre-made device batches, no
+            DALI, so the trainer's own step (loss, EMA, algorithm state) is measured apart from the data path
 Optional variants (--variants): fastssl_nocompile / ceiling_nocompile (compile off), and fastssl_compiled /
 ceiling_compiled on CPU (compile forced on), to report step time with and without compile.
 
@@ -20,6 +22,7 @@ on a GPU (`.item()`, boolean indexing, ...), traced by `fastssl.train.syncs.Host
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 import warnings
@@ -32,6 +35,7 @@ from benchmarks.baseline import BaselineTrainer
 
 SYSTEMS = ("baseline", "fastssl", "ceiling")
 VARIANTS = ("fastssl_nocompile", "ceiling_nocompile", "fastssl_compiled", "ceiling_compiled")
+SYNTH = "fastssl_synth"
 
 
 def build_model(name: str, image_size: int) -> torch.nn.Module:
@@ -74,19 +78,41 @@ class Ceiling:
             torch.cuda.synchronize(self.device)
 
 
-def build_fastssl(args, npz_path: str, compile: str):
+class TimedBatches:
+    """The Trainer's batch iterator, timed: host seconds blocked in each `next()` (the data path's share of a
+    step as the step sees it; with DALI, the wait for the pipeline's outputs)."""
+
+    def __init__(self, batches):
+        self.batches, self.seconds = batches, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        self.seconds.append(time.perf_counter() - t0)
+        return batch
+
+
+def build_fastssl(args, npz_path: str | None, compile: str):
+    """The Trainer on the benchmark's npz, or on synthetic batches of the same shapes when npz_path is None."""
     from fastssl.config import Config, apply_overrides
     from fastssl.train.trainer import Trainer
 
+    data = ({"data.name": "npz", "data.root": npz_path} if npz_path else
+            {"data.name": "synthetic", "data.image_size": args.image_size, "data.synthetic_samples": args.num_train})
     cfg = Config()
     apply_overrides(cfg, {
-        "algo.name": args.algo, "data.name": "npz", "data.root": npz_path, "model.name": args.model,
+        "algo.name": args.algo, **data, "model.name": args.model,
         "data.batch_size": args.batch_size, "data.uratio": args.uratio, "data.num_labels": args.num_labels,
         "data.num_threads": args.dali_threads, "train.steps": args.horizon, "train.compile": compile,
         "train.progress": False, "train.seed": args.seed,
     })
     cfg.validate()
-    return Trainer(cfg), cfg.to_dict()
+    trainer = Trainer(cfg)
+    trainer._batches = TimedBatches(trainer._batches)  # the iterator train_step draws from
+    return trainer, cfg.to_dict()
 
 
 def build_system(name: str, args, ctx: dict):
@@ -102,6 +128,8 @@ def build_system(name: str, args, ctx: dict):
                              uratio=args.uratio, workers=args.baseline_workers, total_steps=args.horizon,
                              device=dev, seed=args.seed)
         return tr, {"workers_per_loader": args.baseline_workers, "amp": False, "compile": False}
+    if name == SYNTH:
+        return build_fastssl(args, None, "auto")
     if name.startswith("fastssl"):
         compile = {"fastssl": "auto", "fastssl_nocompile": "off", "fastssl_compiled": "on"}[name]
         return build_fastssl(args, ctx["npz"], compile)
@@ -150,7 +178,8 @@ def sync_free(system, n: int) -> tuple[bool, str]:
         system.sync()
 
 
-def profile_fastssl(system, n: int, out_dir: str) -> str:
+def profile_steps(system, n: int, path: str) -> str:
+    """A torch.profiler trace of n steps, gzipped Chrome JSON (open in Perfetto)."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -158,9 +187,8 @@ def profile_fastssl(system, n: int, out_dir: str) -> str:
     with profile(activities=acts, record_shapes=False) as prof:
         system.run_steps(n)
         system.sync()
-    path = f"{out_dir.rstrip('/')}/fastssl_trace.json"
     common.write_json(path, {})  # creates the folder
-    prof.export_chrome_trace(path)
+    prof.export_chrome_trace(path)  # a .gz name is written gzipped
     return path
 
 
@@ -175,7 +203,7 @@ def parse_args(argv):
     p.add_argument("--data", default="auto", help="auto (CIFAR-10 when present and size 32, else random), random, or an .npz")
     p.add_argument("--num-train", type=int, default=50000, help="images used (random data: how many to make)")
     p.add_argument("--num-labels", type=int, default=4000, help="labeled subset (class-balanced)")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS + VARIANTS}")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS + VARIANTS + (SYNTH,)}")
     p.add_argument("--variants", action="store_true", help="also run the compile on/off variants")
     p.add_argument("--warmup", type=int, default=5, help="steps per system before timing (compile happens here)")
     p.add_argument("--rounds", type=int, default=5)
@@ -191,7 +219,10 @@ def parse_args(argv):
     p.add_argument("--horizon", type=int, default=1 << 20, help="schedule length K given to every system")
     p.add_argument("--sync-steps", type=int, default=5,
                    help="steps traced for operators that sync (eager systems), and run under CUDA's sync debug mode")
-    p.add_argument("--profile", default=None, help="folder: write a torch.profiler trace of fastssl steps")
+    p.add_argument("--profile", default=None,
+                   help="folder: write a torch.profiler trace (<system>_trace.json.gz) of fastssl's steps "
+                        "(fastssl_synth's when fastssl is not run)")
+    p.add_argument("--profile-steps", type=int, default=5, help="steps in the profiler trace")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--json", default=None, help="write the results here")
@@ -203,19 +234,22 @@ def run(args) -> dict:
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        (args.device if args.device != "auto" else "cpu"))
     torch.set_num_threads(args.threads)
+    from fastssl.train.trainer import configure_backends
+
+    configure_backends(dev)  # process-wide (cuDNN autotuning on CUDA): every system runs with what fastssl sets
     names = [s for s in args.systems.split(",") if s]
     if args.variants:
         names += ["fastssl_nocompile", "ceiling_nocompile"] if dev.type == "cuda" else \
                  ["fastssl_compiled", "ceiling_compiled"]
-    bad = [s for s in names if s not in SYSTEMS + VARIANTS]
+    bad = [s for s in names if s not in SYSTEMS + VARIANTS + (SYNTH,)]
     if bad:
-        raise SystemExit(f"unknown system(s) {bad}; choose from {SYSTEMS + VARIANTS}")
+        raise SystemExit(f"unknown system(s) {bad}; choose from {SYSTEMS + VARIANTS + (SYNTH,)}")
     x, y, source = common.load_images(args.data, args.image_size, args.num_train, args.seed)
     ims = args.batch_size * (1 + 2 * args.uratio)
     ctx = {"device": dev, "x": x, "y": y, "images_per_step": ims,
            "lb_idx": common.balanced_labeled(y, min(args.num_labels, len(y)), args.seed)}
-    npz, cleanup = common.npz_for_fastssl(x, y, source) if any(n.startswith("fastssl") for n in names) \
-        else (None, lambda: None)
+    npz, cleanup = common.npz_for_fastssl(x, y, source) if any(n.startswith("fastssl") and n != SYNTH
+                                                               for n in names) else (None, lambda: None)
     ctx["npz"] = npz
     result = {"env": common.environment(),
               "setup": {"algo": args.algo, "model": args.model, "batch_size": args.batch_size,
@@ -237,6 +271,8 @@ def run(args) -> dict:
                 system.run_steps(args.warmup)
                 system.sync()
                 entry["warmup_s"] = time.perf_counter() - t0
+                if name.startswith("fastssl"):
+                    system._batches.seconds.clear()  # count the timed steps only
                 live[name] = system
             except Exception as e:  # noqa: BLE001 - one system failing (e.g. fastssl not landed) is reported
                 errors[name] = entry["error"] = f"{type(e).__name__}: {e}"
@@ -247,6 +283,10 @@ def run(args) -> dict:
             e.update(common.summarize(secs, ims, cpu_per_step[name]))
             # warm-up time beyond what the same steps cost in steady state: build-time compile, first batches
             e["warmup_overhead_s"] = e["warmup_s"] - args.warmup * e["step_ms_median"] / 1e3
+            if name.startswith("fastssl"):  # settle steps included: every step of the interleaved rounds
+                waits = live[name]._batches.seconds
+                e["next_ms_per_step_median"] = 1e3 * statistics.median(waits)
+                e["next_ms_per_step_mean"] = 1e3 * statistics.fmean(waits)
         for name, system in live.items():
             e = result["systems"][name]
             # fastssl: the Trainer's own decision; baseline and ceiling: their config's
@@ -269,12 +309,15 @@ def run(args) -> dict:
                         e["sync_free"], e["sync_error"] = sync_free(system, args.sync_steps)
                 except Exception as err:  # noqa: BLE001 - keep the timings already measured
                     e["check_error"] = f"{type(err).__name__}: {err}"
-        if args.profile and "fastssl" in live:
+        traced = next((n for n in ("fastssl", SYNTH) if n in live), None)
+        if args.profile and traced:
             try:
-                result["profile_trace"] = profile_fastssl(live["fastssl"], args.chunk, args.profile)
+                result["profile_trace"] = profile_steps(live[traced], args.profile_steps,
+                                                        f"{args.profile.rstrip('/')}/{traced}_trace.json.gz")
             except Exception as err:  # noqa: BLE001
                 result["profile_trace"] = f"failed: {type(err).__name__}: {err}"
         for a, b in (("fastssl", "baseline"), ("fastssl", "ceiling"), ("ceiling", "baseline"),
+                     (SYNTH, "ceiling"), (SYNTH, "baseline"), ("fastssl", SYNTH),
                      ("fastssl", "fastssl_nocompile"), ("fastssl_compiled", "fastssl"),
                      ("ceiling", "ceiling_nocompile"), ("ceiling_compiled", "ceiling")):
             if a in per_step and b in per_step:
@@ -303,6 +346,8 @@ def report(result: dict) -> str:
         extra = f"  syncs/step={e['syncs_per_step']:.1f}" if "syncs_per_step" in e else ""
         if "sync_ops_per_step" in e:
             extra += f"  sync-ops/step={e['sync_ops_per_step']:.1f}"
+        if "next_ms_per_step_median" in e:
+            extra += f"  next()={e['next_ms_per_step_median']:.2f} ms/step"
         lines.append(f"{name:<20}{e['it_s']:>10.2f}{e['img_s']:>10.0f}{e['step_ms_median']:>10.1f}"
                      f"{'[%.1f, %.1f]' % (e['step_ms_q1'], e['step_ms_q3']):>18}{e['cpu_ms_per_step_median']:>12.1f}"
                      f"{e['warmup_s']:>10.1f}{extra}")

@@ -114,7 +114,7 @@ def cmd_info() -> int:
 
     print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
     print("models:     " + ", ".join(sorted(MODELS)))
-    print("datasets:   digits (offline default), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz")
+    print("datasets:   digits (offline default), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz, synthetic")
     print("recipes:    " + ", ".join(sorted(RECIPES)))
     return 0
 

@@ -23,7 +23,8 @@ from fastssl.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """dataset: digits (offline default, ships with scikit-learn), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz"""
+    """dataset: digits (offline default, ships with scikit-learn), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz,
+    synthetic (pre-made random batches on the device, no files, no DALI: times the step apart from the data path)"""
     root: str | None = None
     """folder (or archive) holding the dataset files; not needed for digits"""
     num_labels: int = 20
@@ -50,6 +51,12 @@ class DataConfig:
     """global evaluation batch"""
     num_threads: int = 2
     """DALI worker threads per pipeline"""
+    synthetic_classes: int = 10
+    """--data.name=synthetic: classes of the random labels (CIFAR-10's count by default)"""
+    synthetic_channels: int = 3
+    """--data.name=synthetic: image channels (the side is --data.image_size, 32 if 0)"""
+    synthetic_samples: int = 50000
+    """--data.name=synthetic: size of the training set that the split and `idx_ulb` refer to (CIFAR-10's)"""
 
 
 @dataclass
@@ -115,7 +122,7 @@ SECTIONS = ("data", "model", "optim", "train", "aug", "algo")
 
 
 def _augment_config_cls():
-    from fastssl.data.augment import AugmentConfig
+    from fastssl.data.augment_config import AugmentConfig  # DALI-free: a Config needs no DALI
 
     return AugmentConfig
 
@@ -157,7 +164,7 @@ class Config:
             (t.amp in ("auto", "bf16", "off"), f"--train.amp={t.amp!r}: use auto, bf16 or off"),
             (t.channels_last in ("auto", "on", "off"), f"--train.channels_last={t.channels_last!r}: use auto, on or off"),
             (d.name in DATASETS, f"unknown dataset --data.name={d.name!r}; choose one of: {', '.join(DATASETS)}"),
-            (d.name == "digits" or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),
+            (d.name in ("digits", "synthetic") or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),
             (d.image_size >= 0, f"--data.image_size={d.image_size} must be ≥ 0 (0 = the dataset's own)"),
             (d.name != "imagefolder" or d.image_size > 0,
              "--data.name=imagefolder needs --data.image_size=N, the side its images are resized to (e.g. 224)"),

@@ -160,7 +160,8 @@ def pseudo_label_ce_fwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Launch the forward. threshold: 0-d or (C,) tensor; temperature: 0-d tensor (read only if soft).
 
-    Returns (loss, mask, pseudo, maxprob, lse_s, lse_t); loss is 0-d (mean/sum) or (N,) (none).
+    Returns (loss, mask, pseudo, maxprob, lse_s, lse_t); loss is 0-d (mean/sum) or (N,) (none); lse_t is
+    (N,) for soft targets and an unused (1,) tensor otherwise.
     Callable directly on CPU tensors under TRITON_INTERPRET=1 (the tests do).
     """
     N, C = logits_s.shape
@@ -176,11 +177,15 @@ def pseudo_label_ce_fwd(
     pseudo = torch.empty(N, dtype=torch.int64, device=dev)
     maxprob = torch.empty(N, dtype=acc, device=dev)
     lse_s = torch.empty(N, dtype=acc, device=dev)
-    lse_t = torch.empty(N if soft else 0, dtype=acc, device=dev)
+    # Every pointer argument is its own tensor, even the ones a specialization never touches (weight without
+    # HAS_WEIGHT, lse_t without SOFT): inductor decides what a kernel mutates per argument, and one tensor
+    # passed as a read argument and a written one (or as two written ones) could be mis-functionalized.
+    lse_t = torch.empty(N if soft else 1, dtype=acc, device=dev)  # 1 unused element: no 0-size pointer
     launch(
         _pl_ce_fwd_kernel, (grid,),
-        logits_w, logits_s, threshold, temperature, weight if weight is not None else threshold,
-        row, part, mask, pseudo, maxprob, lse_s, lse_t if soft else lse_s,  # no 0-size pointer to Triton
+        logits_w, logits_s, threshold, temperature,
+        weight if weight is not None else torch.empty(1, dtype=acc, device=dev),
+        row, part, mask, pseudo, maxprob, lse_s, lse_t,
         N, C, logits_w.stride(0), logits_s.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, ACC=_tl_acc(logits_s.dtype),
         SOFT=soft, HAS_WEIGHT=weight is not None, PER_CLASS=threshold.ndim == 1, MEAN=reduction == 1,
@@ -206,7 +211,7 @@ def pseudo_label_ce_bwd(
     ds = torch.empty((N, C), dtype=logits_s.dtype, device=logits_s.device)
     launch(
         _pl_ce_bwd_kernel, (triton.cdiv(N, block_n),),
-        grad_loss, logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t if soft else lse_s, ds,
+        grad_loss, logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t, ds,
         N, C, logits_w.stride(0), logits_s.stride(0), ds.stride(0),
         BLOCK_N=block_n, BLOCK_C=block_c, ACC=_tl_acc(logits_s.dtype), SOFT=soft, REDUCTION=reduction,
         num_warps=warps,
@@ -234,15 +239,15 @@ def _bwd_op(
 def _setup_context(ctx, inputs, output):
     logits_w, logits_s, threshold, temperature, weight, soft, reduction = inputs
     _, mask, pseudo, _, lse_s, lse_t = output
-    # the weak logits are kept only for soft targets (rebuilt from the saved normalizer lse_t)
-    ctx.save_for_backward(logits_w if soft else None, logits_s, temperature, mask, pseudo, lse_s, lse_t)
+    # The weak logits are read back only for soft targets, but saved always so the backward gets a tensor of
+    # its own for every argument; the step's weak and strong logits are views of one output, so saving them
+    # keeps nothing alive that logits_s does not.
+    ctx.save_for_backward(logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t)
     ctx.soft, ctx.reduction = soft, reduction
 
 
 def _backward(ctx, grad_loss, *_unused_grads):
     logits_w, logits_s, temperature, mask, pseudo, lse_s, lse_t = ctx.saved_tensors
-    if logits_w is None:
-        logits_w = logits_s  # not read by the hard-target kernel
     ds = torch.ops.fastssl.pseudo_label_ce_bwd(grad_loss, logits_w, logits_s, temperature, mask, pseudo,
                                                lse_s, lse_t, ctx.soft, ctx.reduction)
     return None, ds, None, None, None, None, None

@@ -76,7 +76,7 @@ def _ce(n, c, dtype, mode, reduction):
         loss, mask, pseudo, maxprob, lse_s, lse_t = ce.pseudo_label_ce_fwd(lw, ls, thr, temp, weight, soft, reduction)
         # the forward was not run: its outputs are uninitialised, which is all the backward's launch needs
         grad = torch.ones_like(loss)
-        ce.pseudo_label_ce_bwd(grad, lw, ls, temp, mask, pseudo, lse_s, lse_t if soft else lse_s, soft, reduction)
+        ce.pseudo_label_ce_bwd(grad, lw, ls, temp, mask, pseudo, lse_s, lse_t, soft, reduction)
     return thunk
 
 

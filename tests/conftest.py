@@ -1,5 +1,7 @@
-"""Test configuration. TRITON_INTERPRET must be set before anything imports triton, so it is set here:
-Triton kernels then run on CPU tensors through the interpreter."""
+"""Test configuration. TRITON_INTERPRET must be decided before anything imports the kernels, so it is
+decided here: without a CUDA device the Triton kernels run on CPU tensors through the interpreter; with
+one they are compiled for it (torch 2.11's `wrap_triton` rejects interpreted kernels, so forcing the
+interpreter there would fail every GPU kernel test)."""
 import os
 import sys
 from pathlib import Path
@@ -7,11 +9,24 @@ from pathlib import Path
 # the checkout's root: benchmarks/ is a source-tree harness, not installed, and test_bench.py and
 # test_host_syncs.py import it, each of them also when run alone
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from collections.abc import Mapping
+
+import torch  # imports no Triton: the kernels are not imported yet
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+
+def interpret_triton(env: Mapping[str, str], cuda: bool) -> bool:
+    """Whether the suite must set TRITON_INTERPRET=1: only without CUDA, and never over a value the user
+    set (TRITON_INTERPRET=0 on a CPU machine is theirs to choose; =1 on a GPU too)."""
+    return "TRITON_INTERPRET" not in env and not cuda
+
+
+if interpret_triton(os.environ, torch.cuda.is_available()):
+    os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -131,6 +131,31 @@ def test_bench_step_tiny_run_writes_complete_json(tmp_path):
 
 
 
+def test_bench_step_synthetic_system_and_trace(tmp_path):
+    """`--systems fastssl_synth,ceiling`: the Trainer on synthetic batches beside the model-only ceiling (what
+    phase A of scripts/gpu_check.sh runs without DALI), with next() timing and a gzipped profiler trace."""
+    import gzip
+
+    from benchmarks import bench_step
+
+    out = tmp_path / "step.json"
+    rc = bench_step.main(["--systems", "fastssl_synth,ceiling", "--model", "cnn_small", "--image-size", "16",
+                          "--num-train", "256", "--num-labels", "40", "--batch-size", "4", "--uratio", "2",
+                          "--warmup", "1", "--rounds", "2", "--chunk", "2", "--profile", str(tmp_path / "prof"),
+                          "--profile-steps", "2", "--json", str(out), "--strict"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res["systems"]) == {"fastssl_synth", "ceiling"}
+    synth = res["systems"]["fastssl_synth"]
+    assert synth["config"]["data"]["name"] == "synthetic" and synth["config"]["data"]["image_size"] == 16
+    assert synth["it_s"] > 0 and 0 <= synth["next_ms_per_step_median"] < synth["step_ms_median"]
+    assert synth["sync_ops_per_step"] == 0  # eager on CPU: traced for would-be host syncs
+    assert res["ratios"]["fastssl_synth/ceiling"] > 0
+    trace = json.loads(gzip.decompress(Path(res["profile_trace"]).read_bytes()))
+    assert Path(res["profile_trace"]).name == "fastssl_synth_trace.json.gz"
+    assert any(ev.get("name", "").startswith("aten::convolution") for ev in trace["traceEvents"])
+
+
 def test_bench_pipeline_tiny_run(tmp_path):
     from benchmarks import bench_pipeline
 

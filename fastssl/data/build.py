@@ -40,6 +40,9 @@ def _select(x, idx: np.ndarray):
 def build_data(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: torch.device,
                build_train: bool = True) -> DataBundle:
     """This rank's loaders; `build_train=False` builds only the eval loader (`fastssl eval`)."""
+    if cfg.data.name == "synthetic":  # pre-made device batches: no files, no DALI (fastssl/data/synthetic.py)
+        from fastssl.data.synthetic import build_synthetic
+        return build_synthetic(cfg, views, rank=rank, world=world, device=device, build_train=build_train)
     from fastssl.data.pipeline import EvalLoader, TrainLoader
     from fastssl.data.sources import load_dataset
     from fastssl.data.splits import make_split

@@ -29,8 +29,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
 
+from fastssl.data._dali import fn, pipeline_def, types
 from fastssl.data.augment import AugmentConfig, normalize, views
 from fastssl.batch import SSLBatch, ViewSpec
 

@@ -32,6 +32,14 @@ from fastssl.train.optim import build_optimizer, lr_at, set_lr
 from fastssl.train.provenance import provenance
 
 
+def configure_backends(device: torch.device) -> None:
+    """Backend switches for this run's device. On CUDA, cuDNN benchmarks each convolution's algorithms once
+    and reuses the fastest: every shape in the step (and in evaluation, padded to full batches) is static,
+    so the search is paid once, at warm-up."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 class TrainStep(nn.Module):
     """Model and algorithm as one module, so DDP all-reduces the gradients of both (ReMixMatch's rotation head
     is the algorithm's) and the algorithm can call any of the raw model's methods (`forward_features`, `head`)
@@ -52,6 +60,7 @@ class Trainer:
         t = cfg.train
         self.rank, self.world, self.device = init_from_env()
         cuda = self.device.type == "cuda"
+        configure_backends(self.device)
         self.amp = t.amp == "bf16" or (t.amp == "auto" and cuda)
         # auto = on: the batches are NHWC in memory on every device, and a model in another layout gets some
         # gradients in the batches' layout, which DDP then copies into its buckets stride by stride every step
