@@ -25,6 +25,7 @@ from fastssl.train import checkpoint as ckpt_io
 from fastssl.collectives import all_reduce_sum, is_dist
 from fastssl.train.distributed import init_from_env
 from fastssl.train.ema import EMATeacher
+from fastssl.train.loggers import open_loggers
 from fastssl.train.metrics import Progress, topk_correct
 from fastssl.train.optim import build_optimizer, lr_at, set_lr
 from fastssl.train.provenance import provenance
@@ -63,7 +64,8 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
-                                 in_channels=self.data.in_channels, image_size=self.data.image_size)
+                                 in_channels=self.data.in_channels, image_size=self.data.image_size,
+                                 pretrained=cfg.model.pretrained)
         self.model.to(self.device, memory_format=fmt)
         # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
         self.ema = EMATeacher(self.model)
@@ -172,6 +174,7 @@ class Trainer:
         if main:
             self._prepare_out_dir()
         progress = Progress(t.steps, start=self.step, enabled=main and t.progress)
+        self.loggers = open_loggers(t.loggers if main else (), self.out_dir, self.cfg.to_dict())
         if main:
             print(f"fastssl: {self.cfg.algo_name} on {self.cfg.data.name} ({self.data.num_lb} labeled, "
                   f"{self.data.num_ulb} unlabeled), {self.cfg.model.name}, {self.world} rank(s) on {self.device}, "
@@ -184,6 +187,7 @@ class Trainer:
             s = self.step
             if s % t.log_every == 0 or s == t.steps:
                 last = self._read_metrics()
+                self.loggers.log(s, last, "train")
                 progress.update(s, {"loss": last["loss"], **({"mask": last["mask_ratio"]} if "mask_ratio" in last else {}),
                                     **({"top1": self.history[-1]["top1"]} if self.history else {})})
             if s % t.eval_every == 0 or s == t.steps:
@@ -195,6 +199,7 @@ class Trainer:
                 self.save()
                 t_mark = time.perf_counter()
         progress.close()
+        self.loggers.close()
         summary = self.summary()
         if main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -217,6 +222,7 @@ class Trainer:
         if self.rank == 0:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            self.loggers.log(self.step, rec, "eval")
 
     def summary(self) -> dict[str, Any]:
         if not self.history:
