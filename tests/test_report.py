@@ -66,7 +66,8 @@ def test_seeds_grouped_and_plotted_as_mean_and_std_band(runs):
     std = both.std(0, ddof=1)
     for lo, hi in zip(both.mean(0) - std, both.mean(0) + std):
         assert np.isclose(ys, lo).any() and np.isclose(ys, hi).any()
-    assert ys.min() == pytest.approx((both.mean(0) - std).min()) and ys.max() == pytest.approx((both.mean(0) + std).max())
+    assert ys.min() == pytest.approx((both.mean(0) - std).min())
+    assert ys.max() == pytest.approx((both.mean(0) + std).max())
     assert fm_line.get_label() == "fm (mean ± std, 2 seeds)" and sup_line.get_label() == "sup"
 
 

@@ -113,7 +113,8 @@ def test_fixmatch_trains_timm_resnet18_from_local_weights_on_an_image_folder(tmp
                           "data.num_labels": 6, "data.batch_size": 4, "data.uratio": 2, "data.eval_batch_size": 12,
                           "model.name": "timm/resnet18", "model.pretrained": str(weights),
                           "train.steps": 20, "train.eval_every": 10, "train.log_every": 10, "train.ckpt_every": 0,
-                          "train.progress": False, "train.compile": "off", "train.channels_last": "on", "train.out": str(tmp_path / "run")})
+                          "train.progress": False, "train.compile": "off", "train.channels_last": "on",
+                          "train.out": str(tmp_path / "run")})
     trainer = Trainer(cfg)
     saved = torch.load(weights)
     for k, v in trainer.model.net.state_dict().items():
