@@ -9,6 +9,7 @@ from fastssl.train.faults import EXIT_CODES, RunError
 USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] [--SECTION.FIELD=VALUE ...]
        fastssl eval --checkpoint PATH [--data.root DIR]
        fastssl info
+       fastssl report RUN_DIR [RUN_DIR ...] [--out DIR]   PNG plots + Markdown summary (extra: plots)
        fastssl bench [...]          (run from a source checkout: the harness lives in benchmarks/)
        fastssl train --help         every option, its default and meaning (add --algo.name=X for X's options)
 Launch on N GPUs (or N CPU processes) with: torchrun --nproc_per_node=N -m fastssl train ...
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_info()
         if cmd == "bench":
             return cmd_bench(rest)
+        if cmd == "report":
+            from fastssl.report import main as report_main  # lazy: matplotlib only when drawing
+
+            return report_main(rest)
         raise ValueError(f"unknown command {cmd!r}")
     except (ValueError, FileNotFoundError) as e:
         print(f"fastssl: error: {e}", file=sys.stderr)

@@ -62,7 +62,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cnn_small"
-    """architecture: cnn_small, wrn_28_2, wrn_28_8, wrn_37_2"""
+    """architecture: cnn_small, wrn_28_2, wrn_28_8, wrn_37_2, or timm/<name> for any timm model (extra: timm)"""
+    pretrained: str | None = None
+    """timm/<name> models: local weights (a state dict file) to start from, never downloaded; a classifier
+    saved for another class count is replaced by a fresh one"""
 
 
 @dataclass
@@ -116,6 +119,8 @@ class TrainConfig:
     least 1 (measured on 2 cores: 1 thread 240 ms/step vs 2 threads 420 ms/step, as DALI needs the other core)"""
     progress: bool = True
     """progress bar with it/s and ETA on stderr (rank 0)"""
+    loggers: tuple[str, ...] = ("jsonl",)
+    """where metrics go besides metrics.jsonl (always written): jsonl, tensorboard, wandb (comma list; rank 0)"""
 
 
 SECTIONS = ("data", "model", "optim", "train", "aug", "algo")
@@ -142,10 +147,18 @@ class Config:
         """Cross-field checks; each error names the option and the fix."""
         from fastssl.data.sources import DATASETS
         from fastssl.models import MODELS
+        from fastssl.train.loggers import check_loggers
 
         d, o, t = self.data, self.optim, self.train
         get_algorithm(self.algo_name)
-        if self.model.name not in MODELS:
+        check_loggers(t.loggers)
+        if self.model.name.startswith("timm/"):
+            from fastssl.models.timm_backbone import check_timm
+
+            check_timm(self.model.name, self.model.pretrained)
+        elif self.model.pretrained:
+            raise ValueError("--model.pretrained works with timm/<name> models; the built-in models start fresh")
+        elif self.model.name not in MODELS:
             raise ValueError(f"unknown model --model.name={self.model.name!r}; choose one of: {', '.join(sorted(MODELS))}")
         checks = [
             (o.lr > 0, f"--optim.lr={o.lr} must be > 0 (FixMatch uses 0.03)"),

@@ -14,7 +14,7 @@ mean of the last 5 evaluations (`train.last_n`), next to TorchSSL's published be
 (TorchSSL/TorchSSL README.md at commit 045cc9c, "BestAcc", mean ± std over its seeds). TorchSSL's protocol
 for Π-Model, Mean Teacher, MixMatch, ReMixMatch and VAT is not identical to USB's classic-CV configs that
 the recipes follow (μ, warm-up), so compare those rows with care; FixMatch, FlexMatch and UDA share the
-FixMatch protocol.
+FixMatch protocol. The table is drawn by fastssl.report's code; `fastssl report OUT` plots the same runs.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from fastssl.recipes import RECIPES
+from fastssl.report import markdown_table, mean_std
 
 # TorchSSL/TorchSSL README.md @ 045cc9cd8152f8129d0ee77c137fda7316493dc6: best top-1 (%), mean ± std.
 TORCHSSL_BEST_TOP1: dict[str, tuple[float, float]] = {
@@ -135,14 +136,6 @@ def _steps(recipe: str, extra: list[str]) -> int:
     return steps
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def collect(out: Path) -> dict[str, list[dict]]:
     """recipe → the summaries of its finished seeds (runs without a summary are skipped)."""
     found: dict[str, list[dict]] = {}
@@ -157,8 +150,7 @@ def table(out: Path) -> str:
     runs = collect(out)
     if not runs:
         raise SystemExit(f"no finished runs under {out}/ (looked for */seed*/summary.json)")
-    lines = ["| recipe | seeds | best top-1 | mean of last evals | TorchSSL best top-1 | Δ best |",
-             "|---|---|---|---|---|---|"]
+    lines = []
     for recipe in [r for r in RECIPES if r in runs] + sorted(set(runs) - set(RECIPES)):
         rows = runs[recipe]
         best = [r["best_top1"] for r in rows]
@@ -168,8 +160,9 @@ def table(out: Path) -> str:
         ref_s = f"{ref[0]:.2f} ± {ref[1]:.2f}" if ref else "—"
         delta = f"{statistics.mean(best) - ref[0]:+.2f}" if ref else "—"
         seeds = ",".join(r["seed"] for r in rows)
-        lines.append(f"| {recipe} | {seeds} | {_mean_std(best)} | {_mean_std(last)} | {ref_s} | {delta} |")
-    return "\n".join(lines)
+        lines.append([recipe, seeds, mean_std(best), mean_std(last), ref_s, delta])
+    return markdown_table(["recipe", "seeds", "best top-1", "mean of last evals", "TorchSSL best top-1", "Δ best"],
+                          lines)
 
 
 def main(argv: list[str] | None = None) -> int:

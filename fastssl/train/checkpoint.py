@@ -21,7 +21,7 @@ from fastssl.train.faults import RunError
 # how often things are reported, and speed settings that do not change the arithmetic on CPU.
 RESUMABLE_CHANGES = {
     "train.out", "train.resume", "train.progress", "train.log_every", "train.eval_every", "train.ckpt_every",
-    "train.compile", "train.compile_mode", "train.cpu_threads", "data.root", "data.num_threads", "data.eval_batch_size",
+    "train.loggers", "train.compile", "train.compile_mode", "train.cpu_threads", "data.root", "data.num_threads", "data.eval_batch_size",
 }
 
 CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")

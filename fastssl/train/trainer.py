@@ -27,6 +27,7 @@ from fastssl.train import faults, runlock
 from fastssl.collectives import all_reduce_sum, is_dist
 from fastssl.train.distributed import init_from_env
 from fastssl.train.ema import EMATeacher
+from fastssl.train.loggers import open_loggers
 from fastssl.train.metrics import Progress, Stopwatch, topk_correct
 from fastssl.train.optim import build_optimizer, lr_at, set_lr
 from fastssl.train.provenance import provenance
@@ -77,7 +78,8 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
-                                 in_channels=self.data.in_channels, image_size=self.data.image_size)
+                                 in_channels=self.data.in_channels, image_size=self.data.image_size,
+                                 pretrained=cfg.model.pretrained)
         self.model.to(self.device, memory_format=fmt)
         # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
         self.ema = EMATeacher(self.model)
@@ -193,6 +195,7 @@ class Trainer:
         main = self.rank == 0
         if main:
             self._prepare_out_dir()
+        self.loggers = open_loggers(t.loggers if main else (), self.out_dir, self.cfg.to_dict())
         if main:
             print(f"fastssl: {self.cfg.algo_name} on {self.cfg.data.name} ({self.data.num_lb} labeled, "
                   f"{self.data.num_ulb} unlabeled), {self.cfg.model.name}, {self.world} rank(s) on {self.device}, "
@@ -206,6 +209,7 @@ class Trainer:
             s = self.step
             if s % t.log_every == 0 or s == t.steps:
                 last = self._read_metrics()
+                self.loggers.log(s, last, "train")
                 progress.update(s, {"loss": last["loss"], **({"mask": last["mask_ratio"]} if "mask_ratio" in last else {}),
                                     **({"top1": self.history[-1]["top1"]} if self.history else {})})
             evaluate = s % t.eval_every == 0 or s == t.steps
@@ -222,6 +226,7 @@ class Trainer:
             if s < t.steps and (signum := stop.requested(s % t.log_every == 0, self.device)):
                 raise self._preempted(signum)
         progress.close()
+        self.loggers.close()
         summary = self.summary()
         if main:
             (self.out_dir / "summary.json").write_text(faults.strict_json(summary, indent=2))
@@ -244,6 +249,7 @@ class Trainer:
         if self.rank == 0:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(faults.strict_json(rec) + "\n")
+            self.loggers.log(self.step, rec, "eval")
 
     def summary(self) -> dict[str, Any]:
         if not self.history:
