@@ -87,7 +87,7 @@ class Trainer:
         self._metric_keys: list[str] | None = None
         self._metric_sum: torch.Tensor | None = None
         self._metric_count = 0
-        self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0, "steps": 0}
+        self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0}
         torch.manual_seed(t.seed + 1 + self.rank)  # per-rank stream for the algorithms' own randomness
         self._batches = iter(self.data.train) if build_train else None
         self.out_dir: Path | None = Path(t.out) if t.out else None
