@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fastssl.algorithms import get_algorithm
 from fastssl.config import Config
 from fastssl.data.build import build_data
+from fastssl.kernels import load_triton
 from fastssl.models import build_model
 from fastssl.train import checkpoint as ckpt_io
 from fastssl.collectives import all_reduce_sum, is_dist
@@ -78,6 +79,8 @@ class Trainer:
             # (_sync_buffers), and the algorithms keep their own buffers identical by gathering their updates,
             # so nothing is broadcast per step (FlexMatch's per-sample state alone is 8 bytes × |unlabeled set|).
             self.net = DDP(self.net, device_ids=[self.device] if cuda else None, broadcast_buffers=False)
+        if self.compiled and cuda:
+            load_triton()  # the CUDA step dispatches to the Triton kernels: import them now, not under Dynamo
         self.forward = (torch.compile(self._forward, mode=None if t.compile_mode == "default" else t.compile_mode)
                         if self.compiled else self._forward)
         self.ema_decay = torch.tensor(t.ema_decay, device=self.device)
