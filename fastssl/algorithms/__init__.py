@@ -1,36 +1,70 @@
-"""Algorithm registry. Adding an algorithm: one file, one import line here, one test file."""
+"""Algorithm registry. Adding an algorithm: one file, one line here, one test file.
+
+Lazy: the registry maps names to "module:Class" and imports an algorithm's module when it is asked for, so
+parsing options (or listing names) does not import all the algorithms, their kernels and torch.
+"""
 from __future__ import annotations
 
-from fastssl.algorithms.adamatch import AdaMatch
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput, forward_cat
-from fastssl.algorithms.dash import Dash
-from fastssl.algorithms.defixmatch import DeFixMatch
-from fastssl.algorithms.entmin import EntMin
-from fastssl.algorithms.fixmatch import FixMatch
-from fastssl.algorithms.flexmatch import FlexMatch
-from fastssl.algorithms.freematch import FreeMatch
-from fastssl.algorithms.ict import ICT
-from fastssl.algorithms.meanteacher import MeanTeacher
-from fastssl.algorithms.mixmatch import MixMatch
-from fastssl.algorithms.pimodel import PiModel
-from fastssl.algorithms.pseudolabel import PseudoLabel
-from fastssl.algorithms.remixmatch import ReMixMatch
-from fastssl.algorithms.softmatch import SoftMatch
-from fastssl.algorithms.supervised import Supervised
-from fastssl.algorithms.uda import UDA
-from fastssl.algorithms.vat import VAT
+import importlib
+from collections.abc import Iterator, Mapping
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (
-    AdaMatch, Dash, DeFixMatch, EntMin, FixMatch, FlexMatch, FreeMatch, ICT, MeanTeacher, MixMatch, PiModel,
-    PseudoLabel, ReMixMatch, SoftMatch, Supervised, UDA, VAT,
-)}
+_REGISTRY: dict[str, str] = {
+    "adamatch": "adamatch:AdaMatch",
+    "dash": "dash:Dash",
+    "defixmatch": "defixmatch:DeFixMatch",
+    "entmin": "entmin:EntMin",
+    "fixmatch": "fixmatch:FixMatch",
+    "flexmatch": "flexmatch:FlexMatch",
+    "freematch": "freematch:FreeMatch",
+    "ict": "ict:ICT",
+    "meanteacher": "meanteacher:MeanTeacher",
+    "mixmatch": "mixmatch:MixMatch",
+    "pimodel": "pimodel:PiModel",
+    "pseudolabel": "pseudolabel:PseudoLabel",
+    "remixmatch": "remixmatch:ReMixMatch",
+    "softmatch": "softmatch:SoftMatch",
+    "supervised": "supervised:Supervised",
+    "uda": "uda:UDA",
+    "vat": "vat:VAT",
+}
+"""--algo.name → "module:Class" under fastssl.algorithms"""
 
 
-def get_algorithm(name: str) -> type[Algorithm]:
-    try:
-        return ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm --algo.name={name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}") from None
+def get_algorithm(name: str):
+    """The algorithm class registered as `name` (imports its module)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algorithm --algo.name={name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+class _Algorithms(Mapping):
+    """name → class, importing each algorithm's module on first access."""
+
+    def __getitem__(self, name: str):
+        if name not in _REGISTRY:
+            raise KeyError(name)
+        return get_algorithm(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+
+ALGORITHMS: Mapping[str, type] = _Algorithms()
+_BASE = ("Algorithm", "AlgorithmConfig", "StepOutput", "forward_cat")
+
+
+def __getattr__(name: str):
+    """`Algorithm`, `AlgorithmConfig`, ... from base.py, and the algorithm classes by class name, on first use."""
+    if name in _BASE:
+        return getattr(importlib.import_module(f"{__name__}.base"), name)
+    for key, target in _REGISTRY.items():
+        if target.split(":")[1] == name:
+            return get_algorithm(key)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmConfig", "StepOutput", "forward_cat", "get_algorithm"]

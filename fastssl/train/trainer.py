@@ -59,8 +59,8 @@ class Trainer:
             torch.set_num_threads(t.cpu_threads or max(1, free))
         algo_cls = get_algorithm(cfg.algo_name)
 
-        self.data = build_data(cfg, algo_cls.views, rank=self.rank, world=self.world, device=self.device,
-                               build_train=build_train)
+        self.data = build_data(cfg.data, cfg.aug, algo_cls.views, seed=t.seed, rank=self.rank, world=self.world,
+                               device=self.device, build_train=build_train)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
