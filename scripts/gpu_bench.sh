@@ -22,27 +22,27 @@ export FASTSSL_CIFAR10_NPZ=${FASTSSL_CIFAR10_NPZ:-/work/shared/data/cifar10.npz}
 
 "$PY" - <<'EOF'
 import torch
-assert torch.cuda.is_available(), "gpu_bench.sh needs a CUDA GPU; on CPU run python -m benchmarks.bench_step"
+assert torch.cuda.is_available(), "gpu_bench.sh needs a CUDA GPU; on CPU run python -m fastssl.bench.step"
 print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/nvidia-smi.csv" || true
 
 echo "== 1. step: FixMatch WRN-28-2 B=64 mu=7 (baseline / fastssl / ceiling + compile-off variants)"
-"$PY" -m benchmarks.bench_step --algo fixmatch --model wrn_28_2 --batch-size 64 --uratio 7 \
+"$PY" -m fastssl.bench.step --algo fixmatch --model wrn_28_2 --batch-size 64 --uratio 7 \
     --warmup 30 --rounds 6 --chunk 50 --settle 2 --variants --sync-steps 20 \
     --profile "$OUT/profile" --json "$OUT/step_wrn_28_2.json" | tee "$OUT/step_wrn_28_2.txt"
 
 echo "== 1b. baseline with 4 workers per loader (the reference given more CPU; context for the 20x)"
-"$PY" -m benchmarks.bench_step --model wrn_28_2 --batch-size 64 --uratio 7 --systems baseline,fastssl \
+"$PY" -m fastssl.bench.step --model wrn_28_2 --batch-size 64 --uratio 7 --systems baseline,fastssl \
     --baseline-workers 4 --warmup 20 --rounds 4 --chunk 30 --json "$OUT/step_wrn_28_2_baseline4w.json" \
     | tee "$OUT/step_wrn_28_2_baseline4w.txt"
 
 echo "== 2. step: FixMatch cnn_small B=64 mu=7"
-"$PY" -m benchmarks.bench_step --model cnn_small --batch-size 64 --uratio 7 --warmup 30 --rounds 6 \
+"$PY" -m fastssl.bench.step --model cnn_small --batch-size 64 --uratio 7 --warmup 30 --rounds 6 \
     --chunk 50 --variants --json "$OUT/step_cnn_small.json" | tee "$OUT/step_cnn_small.txt"
 
 echo "== 3. pipelines: DALI GPU vs PIL workers (B=64, mu=7)"
-"$PY" -m benchmarks.bench_pipeline --batch-size 64 --uratio 7 --workers 1,2,4 --all-cores --rounds 5 \
+"$PY" -m fastssl.bench.pipeline --batch-size 64 --uratio 7 --workers 1,2,4 --all-cores --rounds 5 \
     --batches 10 --json "$OUT/pipeline.json" | tee "$OUT/pipeline.txt"
 FASTSSL_BENCH_B=64 FASTSSL_BENCH_MU=7 FASTSSL_BENCH_BATCHES=10 "$PY" -m pytest benchmarks/bench_pipeline.py \
     -q --benchmark-enable --benchmark-json="$OUT/pipeline_pytest_benchmark.json" | tail -n 20
@@ -56,7 +56,7 @@ fi
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [[ "$NGPU" -ge 2 ]]; then
     echo "== 5. scaling: 1 vs 2 GPUs, global batch 64, mu=7 (NCCL)"
-    "$PY" -m benchmarks.bench_scaling --model wrn_28_2 --batch-size 64 --uratio 7 --nprocs 1,2 --repeats 2 \
+    "$PY" -m fastssl.bench.scaling --model wrn_28_2 --batch-size 64 --uratio 7 --nprocs 1,2 --repeats 2 \
         --warmup 30 --rounds 5 --chunk 50 --threads 4 --dali-threads 4 --json "$OUT/scaling.json" \
         | tee "$OUT/scaling.txt"
 else
@@ -86,6 +86,6 @@ print(f"\n| {e['date_utc'][:10]} | {e['gpu']} | torch {e['torch']}, triton {e['t
       f"{rat.get('fastssl/ceiling', nan):.2f} |")
 print("(row for the GPU table in benchmarks/RESULTS.md)")
 EOF
-"$PY" -m benchmarks.summarize "$OUT"/step_*.json "$OUT/pipeline.json" $( [[ -f "$OUT/scaling.json" ]] && echo "$OUT/scaling.json" ) \
+"$PY" -m fastssl.bench.summarize "$OUT"/step_*.json "$OUT/pipeline.json" $( [[ -f "$OUT/scaling.json" ]] && echo "$OUT/scaling.json" ) \
     > "$OUT/summary.md"
 echo "all results in $OUT; tables for benchmarks/RESULTS.md in $OUT/summary.md"

@@ -3,8 +3,6 @@ writes every field with sane values on tiny settings."""
 import copy
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -12,10 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed: a source-tree harness
-from benchmarks import baseline, common  # noqa: E402
-from fastssl.kernels import pseudo_label_ce  # noqa: E402
-from fastssl.kernels.reference import ema_update_reference  # noqa: E402
+from fastssl.bench import baseline, common
+from fastssl.kernels import pseudo_label_ce
+from fastssl.kernels.reference import ema_update_reference
 
 
 
@@ -103,7 +100,7 @@ def test_paired_ratio_and_summary():
 # ---- the side-by-side run on tiny settings --------------------------------------------------------------
 
 def test_bench_step_tiny_run_writes_complete_json(tmp_path):
-    from benchmarks import bench_step
+    from fastssl.bench import step as bench_step
 
     out = tmp_path / "step.json"
     rc = bench_step.main(["--model", "cnn_small", "--image-size", "16", "--data", "random", "--num-train", "256",
@@ -132,7 +129,7 @@ def test_bench_step_tiny_run_writes_complete_json(tmp_path):
 
 
 def test_bench_pipeline_tiny_run(tmp_path):
-    from benchmarks import bench_pipeline
+    from fastssl.bench import pipeline as bench_pipeline
 
     out = tmp_path / "pipe.json"
     rc = bench_pipeline.main(["--image-size", "16", "--data", "random", "--num-train", "128", "--num-labels", "20",
@@ -148,7 +145,7 @@ def test_bench_pipeline_tiny_run(tmp_path):
 
 
 def test_pil_loader_batch_shapes():
-    from benchmarks.bench_pipeline import PILLoader
+    from fastssl.bench.pipeline import PILLoader
 
     x = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
     y = np.arange(64) % 10
@@ -161,7 +158,7 @@ def test_pil_loader_batch_shapes():
 @pytest.mark.slow
 def test_bench_scaling_two_gloo_processes(tmp_path):
     """1 vs 2 CPU processes (gloo) at the same global batch; slow: two torchrun launches, DALI builds."""
-    from benchmarks import bench_scaling
+    from fastssl.bench import scaling as bench_scaling
 
     out = tmp_path / "scaling.json"
     rc = bench_scaling.main(["--model", "cnn_small", "--image-size", "16", "--data", "random", "--num-train", "256",

@@ -4,9 +4,9 @@ One "batch" is a full FixMatch step's data: B labeled weak views + μB unlabeled
 normalised float, made from uint8 images. Views/s = (B + 2μB) · batches/s. Nothing trains here.
 
 Two ways to run it:
-  python -m benchmarks.bench_pipeline --batch-size 16 --uratio 7 --workers 0,1,2 --json out.json
+  fastssl bench pipeline --batch-size 16 --uratio 7 --workers 0,1,2 --json out.json
       all loaders alive at once, timed in interleaved rounds (ratios hold on a loaded machine)
-  pytest benchmarks/bench_pipeline.py --benchmark-enable --benchmark-json=pipeline.json
+  pytest benchmarks/bench_pipeline.py --benchmark-enable --benchmark-json=pipeline.json  (source checkout)
       the pytest-benchmark suite (one benchmark per loader, run one after another); sizes from
       $FASTSSL_BENCH_B (16), $FASTSSL_BENCH_MU (7), $FASTSSL_BENCH_BATCHES (3 per round)
 
@@ -21,12 +21,10 @@ import os
 import sys
 import time
 
-import numpy as np
-import pytest
 import torch
 
-from benchmarks import common
-from benchmarks.baseline import CIFAR_MEAN, CIFAR_STD, SSLDataset, make_loader
+from fastssl.bench import common
+from fastssl.bench.baseline import CIFAR_MEAN, CIFAR_STD, SSLDataset, make_loader
 
 
 class PILLoader:
@@ -144,7 +142,7 @@ def run(args) -> dict:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fastssl bench pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--uratio", type=int, default=7)
     p.add_argument("--image-size", type=int, default=32)
@@ -182,45 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         common.write_json(args.json, res)
         print(f"wrote {args.json}")
     return 0
-
-
-# ---- pytest-benchmark suite -----------------------------------------------------------------------------
-
-B = int(os.environ.get("FASTSSL_BENCH_B", "16"))
-MU = int(os.environ.get("FASTSSL_BENCH_MU", "7"))
-BATCHES = int(os.environ.get("FASTSSL_BENCH_BATCHES", "3"))
-
-
-@pytest.fixture(scope="module")
-def images():
-    torch.set_num_threads(1)
-    x, y, source = common.load_images("auto", 32, 50000)
-    return x, y, common.balanced_labeled(y, 4000)
-
-
-def _bench(benchmark, loader, views_per_batch: int):
-    try:
-        benchmark.extra_info.update(views_per_batch=views_per_batch, batches_per_round=BATCHES)
-        # each round first uses up what the workers made ahead (setup, untimed), then times BATCHES batches
-        drain = lambda: ([loader.next() for _ in range(max(loader.depth, 1))], ((), {}))[1]  # noqa: E731
-        benchmark.pedantic(lambda: [loader.next() for _ in range(BATCHES)], setup=drain, rounds=5, iterations=1)
-        if benchmark.stats is not None:  # None under --benchmark-disable
-            benchmark.extra_info["views_s"] = views_per_batch * BATCHES / benchmark.stats.stats.median
-    finally:
-        loader.close()
-
-
-@pytest.mark.parametrize("workers", sorted({0, 1, 2, os.cpu_count() or 1}))
-def test_pil_workers(benchmark, images, workers):
-    x, y, lb = images
-    _bench(benchmark, PILLoader(x, y, lb, B, MU, workers), B * (1 + 2 * MU))
-
-
-def test_dali_trainloader(benchmark, images):
-    pytest.importorskip("fastssl.data.pipeline", reason="fastssl.data.pipeline not on this branch yet")
-    x, y, lb = images
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _bench(benchmark, DALILoader(x, y, lb, B, MU, 2, device), B * (1 + 2 * MU))
 
 
 if __name__ == "__main__":
