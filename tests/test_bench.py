@@ -170,3 +170,58 @@ def test_bench_scaling_two_gloo_processes(tmp_path):
     assert [r["world_size"] for r in res["runs"]] == [1, 2] and res["runs"][1]["backend"] == "gloo"
     for e in res["by_world_size"].values():
         assert e["it_s"] > 0 and e["efficiency"] > 0
+
+
+# ---- the harness ships with the package -----------------------------------------------------------------
+
+def test_fastssl_bench_runs_from_a_regular_install(tmp_path):
+    """`pip install` (not editable) into a folder, then `fastssl bench` from another directory: the harness
+    must come from the installed package, not from a source checkout's benchmarks/."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src, target, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, src / name)
+    for name in ("fastssl", "kernels"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere.mkdir()
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--target", str(target), str(src)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for sub, prog in (([], "fastssl bench step"), (["kernels"], "fastssl bench kernels"),
+                      (["pipeline"], "fastssl bench pipeline"), (["scaling"], "fastssl bench scaling")):
+        out = subprocess.run([sys.executable, "-m", "fastssl", "bench", *sub, "--help"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and f"usage: {prog}" in out.stdout, out.stderr
+    where = subprocess.run([sys.executable, "-c", "import fastssl.bench.step as s; print(s.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert Path(where.stdout.strip()).is_relative_to(target), where.stderr
+
+
+def test_bench_subcommand_errors_name_the_choices(capsys):
+    from fastssl.cli import main
+
+    assert main(["bench", "nosuch"]) == 2
+    assert "step|pipeline|kernels|scaling" in capsys.readouterr().err
+
+
+def test_kernels_harness_tiny_run(tmp_path, monkeypatch):
+    """Every CPU row timed, the first row's speed-up against itself is 1, the JSON written."""
+    from fastssl.bench import kernels
+
+    monkeypatch.setattr(kernels, "LOSS_SHAPES", [(7, 10)])
+    monkeypatch.setattr(kernels, "EMA_SIZES", {"tiny": [(3, 3), (5,)]})
+    out = tmp_path / "k.json"
+    assert kernels.main(["--reps", "2", "--rounds", "2", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["cases"]) == {"pseudo_label_ce 7x10", "ema tiny (0.00M params)"}
+    ce = res["cases"]["pseudo_label_ce 7x10"]
+    assert set(ce) == {"eager_reference", "compiled_reference"}
+    assert ce["eager_reference"]["speedup_vs_eager_reference"] == pytest.approx(1.0)
+    assert all(e["us_median"] > 0 for rows in res["cases"].values() for e in rows.values())
