@@ -88,9 +88,11 @@ def _run(code: str) -> list[str]:
 
 @pytest.mark.parametrize("argv", [["--help"], ["info"]])
 def test_help_and_info_import_nothing_heavy_and_take_under_a_second(argv):
-    code = (f"import contextlib, io, sys, time; t = time.perf_counter(); from fastssl.cli import main\n"
+    """CPU seconds of the process (not wall time: the shared test machines run at load 10+, where waiting for a
+    core would dominate), from importing the CLI to its answer."""
+    code = (f"import contextlib, io, sys, time; t = time.process_time(); from fastssl.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()): rc = main({argv!r})\n"
-            f"print(rc, time.perf_counter() - t, *[m for m in {HEAVY!r} if m in sys.modules])")
+            f"print(rc, time.process_time() - t, *[m for m in {HEAVY!r} if m in sys.modules])")
     rc, secs, *loaded = _run(code)
     assert rc == "0" and loaded == [] and float(secs) < 1.0, (secs, loaded)
 
@@ -99,10 +101,10 @@ def test_help_and_info_import_nothing_heavy_and_take_under_a_second(argv):
 def test_train_help_imports_no_dali_no_triton(algo):
     """The algorithm's options live in its module, which imports torch: torch is imported first and timed
     apart, so the second figure is what parsing and describing every option costs on top of it."""
-    code = (f"import contextlib, io, sys, time; t = time.perf_counter(); import torch; t1 = time.perf_counter()\n"
+    code = (f"import contextlib, io, sys, time; t = time.process_time(); import torch; t1 = time.process_time()\n"
             f"from fastssl.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()) as f: rc = main(['train', '--help', *{algo!r}])\n"
-            f"print(rc, time.perf_counter() - t1, 'thresh_warmup' in f.getvalue(), "
+            f"print(rc, time.process_time() - t1, 'thresh_warmup' in f.getvalue(), "
             f"*[m for m in ('nvidia.dali', 'triton') if m in sys.modules])")
     rc, secs, has_flex, *loaded = _run(code)
     assert rc == "0" and loaded == [] and float(secs) < 1.0, (secs, loaded)
