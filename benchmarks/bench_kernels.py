@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastssl.bench.kernels import EMA_SIZES, LOSS_SHAPES
 from fastssl.kernels import ema_update_, pseudo_label_ce
 from fastssl.kernels.reference import ema_update_reference, pseudo_label_ce_reference
 
@@ -24,7 +25,6 @@ def _sync():
 
 
 # ------------------------------------------------------------------------------------- pseudo-label CE
-LOSS_SHAPES = [(448, 10), (448, 100), (7168, 1000)]  # FixMatch CIFAR-10/100 (B=64, mu=7); ImageNet-1k scale
 
 
 def _reference_loss(w, s, thr):
@@ -66,23 +66,6 @@ def test_pseudo_label_ce_fwd_bwd(benchmark, N, C, impl):
 
 
 # ------------------------------------------------------------------------------------------------ EMA
-def wrn_param_shapes(depth: int = 28, widen: int = 2, num_classes: int = 10) -> list[tuple[int, ...]]:
-    """Parameter shapes of WRN-depth-widen as in the SSL literature (bias-free convs, BN affine, fc bias)."""
-    n = (depth - 4) // 6
-    shapes = [(16, 3, 3, 3)]
-    cin = 16
-    for width in (16 * widen, 32 * widen, 64 * widen):
-        for _ in range(n):
-            shapes += [(cin,), (cin,), (width, cin, 3, 3), (width,), (width,), (width, width, 3, 3)]
-            if cin != width:
-                shapes.append((width, cin, 1, 1))
-            cin = width
-    return shapes + [(cin,), (cin,), (num_classes, cin), (num_classes,)]
-
-
-EMA_SIZES = {"wrn-28-2": wrn_param_shapes(28, 2), "wrn-28-8": wrn_param_shapes(28, 8)}
-
-
 def test_wrn_sizes():
     counts = {k: sum(torch.Size(s).numel() for s in v) for k, v in EMA_SIZES.items()}
     assert abs(counts["wrn-28-2"] - 1.47e6) < 0.01e6 and abs(counts["wrn-28-8"] - 23.4e6) < 0.1e6, counts

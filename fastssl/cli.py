@@ -10,7 +10,7 @@ USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] 
        fastssl eval --checkpoint PATH [--data.root DIR]
        fastssl info
        fastssl report RUN_DIR [RUN_DIR ...] [--out DIR]   PNG plots + Markdown summary (extra: plots)
-       fastssl bench [...]          (run from a source checkout: the harness lives in benchmarks/)
+       fastssl bench [step|pipeline|kernels|scaling|summarize] [--help]   (default: step)
        fastssl train --help         every option, its default and meaning (add --algo.name=X for X's options)
 Launch on N GPUs (or N CPU processes) with: torchrun --nproc_per_node=N -m fastssl train ...
 """
@@ -109,24 +109,42 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_info() -> int:
+    """Names and one-line facts from the registries (plain tables: no torch, DALI or Triton is imported)."""
     from fastssl.algorithms import ALGORITHMS
-    from fastssl.models import MODELS
+    from fastssl.data.registry import DATASETS
+    from fastssl.models.registry import MODELS
     from fastssl.recipes import RECIPES
 
     print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
-    print("models:     " + ", ".join(sorted(MODELS)))
-    print("datasets:   digits (offline default), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz, synthetic")
+    print("models:")
+    for name, m in MODELS.items():
+        print(f"  {name:12} {m.summary}")
+    print(f"  {'timm/<name>':12} any timm model as the backbone (extra: timm), --model.pretrained=PATH for local weights")
+    print("datasets (--data.name):")
+    for name, d in DATASETS.items():
+        print(f"  {name:12} {d.summary}" + ("" if d.flip else "; no horizontal flip"))
     print("recipes:    " + ", ".join(sorted(RECIPES)))
     return 0
 
 
+BENCHES = {
+    "step": "fastssl.bench.step",
+    "pipeline": "fastssl.bench.pipeline",
+    "kernels": "fastssl.bench.kernels",
+    "scaling": "fastssl.bench.scaling",
+    "summarize": "fastssl.bench.summarize",
+}
+"""`fastssl bench NAME` → the harness module (its `main(argv)`); no NAME = step"""
+
+
 def cmd_bench(argv: list[str]) -> int:
-    try:
-        from benchmarks.bench_step import main as bench_main
-    except ImportError as e:
-        raise ValueError("fastssl bench runs the harness in benchmarks/: run it from a source checkout "
-                         f"(the repository root), e.g. python -m benchmarks.bench_step ({e})") from None
-    return bench_main(argv)
+    import importlib
+
+    name = argv[0] if argv and not argv[0].startswith("-") else "step"
+    if name not in BENCHES:
+        raise ValueError(f"unknown benchmark {name!r}; use fastssl bench [{'|'.join(BENCHES)}] [--help]")
+    rest = argv[1:] if argv and argv[0] == name else argv
+    return importlib.import_module(BENCHES[name]).main(rest)
 
 
 def main(argv: list[str] | None = None) -> int:

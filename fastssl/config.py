@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
 import types
@@ -17,14 +18,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastssl.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
-
 
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """dataset: digits (offline default, ships with scikit-learn), mnist, cifar10, cifar100, svhn, stl10, imagefolder, npz,
-    synthetic (pre-made random batches on the device, no files, no DALI: times the step apart from the data path)"""
+    """dataset (`fastssl info` lists them): digits is the offline default (ships with scikit-learn);
+    synthetic: pre-made random batches on the device, no files, no DALI (times the step apart from the data path)"""
     root: str | None = None
     """folder (or archive) holding the dataset files; not needed for digits"""
     num_labels: int = 20
@@ -62,7 +61,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cnn_small"
-    """architecture: cnn_small, wrn_28_2, wrn_28_8, wrn_37_2, or timm/<name> for any timm model (extra: timm)"""
+    """architecture (`fastssl info` lists them), or timm/<name> for any timm model (extra: timm)"""
     pretrained: str | None = None
     """timm/<name> models: local weights (a state dict file) to start from, never downloaded; a classifier
     saved for another class count is replaced by a fresh one"""
@@ -123,13 +122,59 @@ class TrainConfig:
     """where metrics go besides metrics.jsonl (always written): jsonl, tensorboard, wandb (comma list; rank 0)"""
 
 
+FIXMATCH_POOL = (
+    "AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize",
+    "Rotate", "Sharpness", "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY",
+)
+"""every RandAugment op the strong view knows (USB's pool); magnitude ranges: fastssl.data.augment.OP_RANGES"""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Every knob of the weak and strong views (built by fastssl.data.augment)."""
+
+    flip_prob: float | None = None
+    """probability of a horizontal flip (weak and strong); unset = by dataset: 0.5 for natural images
+    (CIFAR, STL-10, image folders), 0 for digits, MNIST and SVHN (a mirrored digit is another digit or none)"""
+    crop_pad_frac: float = 0.125
+    """reflect padding before the random crop, as a fraction of the side: int(0.125 * 32) = 4 px (USB's
+    1 - crop_ratio); 0 disables the crop"""
+    num_ops: int = 3
+    """RandAugment ops per strong view, drawn with replacement (USB: RandAugment(3, 5) → 3; FixMatch paper: 2)"""
+    ops: tuple[str, ...] = FIXMATCH_POOL
+    """the RandAugment pool (names from ``FIXMATCH_POOL``)"""
+    cutout_max_frac: float = 0.5
+    """Cutout side is U(0, cutout_max_frac) x width (USB: 0.5); 0 disables Cutout"""
+    cutout_fill: tuple[int, int, int] = (125, 123, 114)
+    """Cutout fill colour, uint8 RGB (USB's)"""
+    geometric_fill: int = 0
+    """fill of the area uncovered by Rotate/Shear/Translate (PIL's default, black)"""
+
+    def __post_init__(self):
+        unknown = [o for o in self.ops if o not in FIXMATCH_POOL]
+        if unknown:
+            raise ValueError(f"--aug.ops has unknown ops {unknown}; choose from {list(FIXMATCH_POOL)}")
+        if not self.ops and self.num_ops > 0:
+            raise ValueError("--aug.ops is empty; set --aug.num_ops=0 to disable RandAugment")
+        if self.flip_prob is not None and not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"--aug.flip_prob={self.flip_prob} must be in [0, 1]")
+        if not 0.0 <= self.crop_pad_frac < 1.0:
+            raise ValueError(f"--aug.crop_pad_frac={self.crop_pad_frac} must be in [0, 1)")
+
+
 SECTIONS = ("data", "model", "optim", "train", "aug", "algo")
 
 
-def _augment_config_cls():
-    from fastssl.data.augment_config import AugmentConfig  # DALI-free: a Config needs no DALI
+def _registry(module: str):
+    """A name registry one floor up (algorithms, models, datasets), imported by name when an option is
+    resolved or checked. The registries are plain name → "module:object" tables: importing one loads no
+    torch, DALI or Triton, and an algorithm's module loads only when its `--algo.name` is chosen."""
+    return importlib.import_module(module)
 
-    return AugmentConfig
+
+def algorithm_config(name: str) -> Any:
+    """A fresh `Config` of the algorithm registered as `name` (imports that algorithm's module only)."""
+    return _registry("fastssl.algorithms").get_algorithm(name).Config()
 
 
 @dataclass
@@ -138,28 +183,27 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    aug: Any = field(default_factory=lambda: _augment_config_cls()())
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
     algo_name: str = "fixmatch"
     """algorithm (--algo.name): see `fastssl info`"""
-    algo: AlgorithmConfig = field(default_factory=lambda: get_algorithm("fixmatch").Config())
+    algo: Any = field(default_factory=lambda: algorithm_config("fixmatch"))
+    """the algorithm's own options (its `Config` dataclass, subclass of fastssl.algorithms.base.AlgorithmConfig)"""
 
     def validate(self) -> "Config":
         """Cross-field checks; each error names the option and the fix."""
-        from fastssl.data.sources import DATASETS
-        from fastssl.models import MODELS
-        from fastssl.train.loggers import check_loggers
-
         d, o, t = self.data, self.optim, self.train
-        get_algorithm(self.algo_name)
-        check_loggers(t.loggers)
+        _registry("fastssl.algorithms").get_algorithm(self.algo_name)
+        _registry("fastssl.train.loggers").check_loggers(t.loggers)
+        models = _registry("fastssl.models.registry").MODELS
         if self.model.name.startswith("timm/"):
-            from fastssl.models.timm_backbone import check_timm
-
-            check_timm(self.model.name, self.model.pretrained)
+            _registry("fastssl.models.timm_backbone").check_timm(self.model.name, self.model.pretrained)
         elif self.model.pretrained:
             raise ValueError("--model.pretrained works with timm/<name> models; the built-in models start fresh")
-        elif self.model.name not in MODELS:
-            raise ValueError(f"unknown model --model.name={self.model.name!r}; choose one of: {', '.join(sorted(MODELS))}")
+        elif self.model.name not in models:
+            raise ValueError(f"unknown model --model.name={self.model.name!r}; choose one of: {', '.join(sorted(models))}")
+        datasets = _registry("fastssl.data.registry").DATASETS
+        if d.name not in datasets:
+            raise ValueError(f"unknown dataset --data.name={d.name!r}; choose one of: {', '.join(datasets)}")
         checks = [
             (o.lr > 0, f"--optim.lr={o.lr} must be > 0 (FixMatch uses 0.03)"),
             (o.weight_decay >= 0, f"--optim.weight_decay={o.weight_decay} must be ≥ 0"),
@@ -176,8 +220,7 @@ class Config:
              f"--train.compile_mode={t.compile_mode!r}: use default, reduce-overhead or max-autotune"),
             (t.amp in ("auto", "bf16", "off"), f"--train.amp={t.amp!r}: use auto, bf16 or off"),
             (t.channels_last in ("auto", "on", "off"), f"--train.channels_last={t.channels_last!r}: use auto, on or off"),
-            (d.name in DATASETS, f"unknown dataset --data.name={d.name!r}; choose one of: {', '.join(DATASETS)}"),
-            (d.name in ("digits", "synthetic") or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),
+            (not datasets[d.name].needs_root or d.root, f"--data.name={d.name} needs --data.root=FOLDER (where its files are)"),
             (d.image_size >= 0, f"--data.image_size={d.image_size} must be ≥ 0 (0 = the dataset's own)"),
             (d.name != "imagefolder" or d.image_size > 0,
              "--data.name=imagefolder needs --data.image_size=N, the side its images are resized to (e.g. 224)"),
@@ -208,7 +251,7 @@ class Config:
         return cfg
 
 
-def _algo_checks(a: AlgorithmConfig) -> list[tuple[bool, str]]:
+def _algo_checks(a: Any) -> list[tuple[bool, str]]:
     """Ranges of the fields several algorithms share, checked by name so that every algorithm with the field
     is covered (an algorithm's own `__post_init__` checks only its own fields)."""
     checks = []
@@ -293,7 +336,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     overrides = dict(overrides)
     if "algo.name" in overrides:
         cfg.algo_name = str(overrides.pop("algo.name"))
-        cfg.algo = get_algorithm(cfg.algo_name).Config()
+        cfg.algo = algorithm_config(cfg.algo_name)
     by_section: dict[str, dict[str, Any]] = {}
     for key, raw in overrides.items():
         section, _, name = key.partition(".")
@@ -339,7 +382,8 @@ def as_typed(value: Any) -> str:
 
 def describe(cfg: Config) -> list[tuple[str, str, str]]:
     """(option, default, meaning) for every option, for --help."""
-    rows = [("--algo.name", cfg.algo_name, f"algorithm: {', '.join(sorted(ALGORITHMS))}")]
+    names = sorted(_registry("fastssl.algorithms").ALGORITHMS)  # names only: no algorithm module is imported
+    rows = [("--algo.name", cfg.algo_name, f"algorithm: {', '.join(names)}")]
     for section in SECTIONS:
         obj = cfg.algo if section == "algo" else getattr(cfg, section)
         docs = field_docs(type(obj))

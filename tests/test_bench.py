@@ -3,8 +3,6 @@ writes every field with sane values on tiny settings."""
 import copy
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -12,10 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed: a source-tree harness
-from benchmarks import baseline, common  # noqa: E402
-from fastssl.kernels import pseudo_label_ce  # noqa: E402
-from fastssl.kernels.reference import ema_update_reference  # noqa: E402
+from fastssl.bench import baseline, common
+from fastssl.kernels import pseudo_label_ce
+from fastssl.kernels.reference import ema_update_reference
 
 
 
@@ -103,7 +100,7 @@ def test_paired_ratio_and_summary():
 # ---- the side-by-side run on tiny settings --------------------------------------------------------------
 
 def test_bench_step_tiny_run_writes_complete_json(tmp_path):
-    from benchmarks import bench_step
+    from fastssl.bench import step as bench_step
 
     out = tmp_path / "step.json"
     rc = bench_step.main(["--model", "cnn_small", "--image-size", "16", "--data", "random", "--num-train", "256",
@@ -157,7 +154,7 @@ def test_bench_step_synthetic_system_and_trace(tmp_path):
 
 
 def test_bench_pipeline_tiny_run(tmp_path):
-    from benchmarks import bench_pipeline
+    from fastssl.bench import pipeline as bench_pipeline
 
     out = tmp_path / "pipe.json"
     rc = bench_pipeline.main(["--image-size", "16", "--data", "random", "--num-train", "128", "--num-labels", "20",
@@ -173,7 +170,7 @@ def test_bench_pipeline_tiny_run(tmp_path):
 
 
 def test_pil_loader_batch_shapes():
-    from benchmarks.bench_pipeline import PILLoader
+    from fastssl.bench.pipeline import PILLoader
 
     x = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
     y = np.arange(64) % 10
@@ -186,7 +183,7 @@ def test_pil_loader_batch_shapes():
 @pytest.mark.slow
 def test_bench_scaling_two_gloo_processes(tmp_path):
     """1 vs 2 CPU processes (gloo) at the same global batch; slow: two torchrun launches, DALI builds."""
-    from benchmarks import bench_scaling
+    from fastssl.bench import scaling as bench_scaling
 
     out = tmp_path / "scaling.json"
     rc = bench_scaling.main(["--model", "cnn_small", "--image-size", "16", "--data", "random", "--num-train", "256",
@@ -198,3 +195,58 @@ def test_bench_scaling_two_gloo_processes(tmp_path):
     assert [r["world_size"] for r in res["runs"]] == [1, 2] and res["runs"][1]["backend"] == "gloo"
     for e in res["by_world_size"].values():
         assert e["it_s"] > 0 and e["efficiency"] > 0
+
+
+# ---- the harness ships with the package -----------------------------------------------------------------
+
+def test_fastssl_bench_runs_from_a_regular_install(tmp_path):
+    """`pip install` (not editable) into a folder, then `fastssl bench` from another directory: the harness
+    must come from the installed package, not from a source checkout's benchmarks/."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src, target, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, src / name)
+    for name in ("fastssl", "kernels"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    elsewhere.mkdir()
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--target", str(target), str(src)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for sub, prog in (([], "fastssl bench step"), (["kernels"], "fastssl bench kernels"),
+                      (["pipeline"], "fastssl bench pipeline"), (["scaling"], "fastssl bench scaling")):
+        out = subprocess.run([sys.executable, "-m", "fastssl", "bench", *sub, "--help"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and f"usage: {prog}" in out.stdout, out.stderr
+    where = subprocess.run([sys.executable, "-c", "import fastssl.bench.step as s; print(s.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert Path(where.stdout.strip()).is_relative_to(target), where.stderr
+
+
+def test_bench_subcommand_errors_name_the_choices(capsys):
+    from fastssl.cli import main
+
+    assert main(["bench", "nosuch"]) == 2
+    assert "step|pipeline|kernels|scaling" in capsys.readouterr().err
+
+
+def test_kernels_harness_tiny_run(tmp_path, monkeypatch):
+    """Every CPU row timed, the first row's speed-up against itself is 1, the JSON written."""
+    from fastssl.bench import kernels
+
+    monkeypatch.setattr(kernels, "LOSS_SHAPES", [(7, 10)])
+    monkeypatch.setattr(kernels, "EMA_SIZES", {"tiny": [(3, 3), (5,)]})
+    out = tmp_path / "k.json"
+    assert kernels.main(["--reps", "2", "--rounds", "2", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["cases"]) == {"pseudo_label_ce 7x10", "ema tiny (0.00M params)"}
+    ce = res["cases"]["pseudo_label_ce 7x10"]
+    assert set(ce) == {"eager_reference", "compiled_reference"}
+    assert ce["eager_reference"]["speedup_vs_eager_reference"] == pytest.approx(1.0)
+    assert all(e["us_median"] > 0 for rows in res["cases"].values() for e in rows.values())

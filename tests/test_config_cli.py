@@ -108,8 +108,33 @@ def test_algo_options_follow_algo_name():
 
 
 def test_info_lists_registries(capsys):
+    from fastssl.algorithms import ALGORITHMS
+    from fastssl.data.registry import DATASETS
+    from fastssl.models.registry import MODELS
+
     code, out, _ = run_cli(capsys, "info")
-    assert code == 0 and "fixmatch" in out and "supervised" in out and "cifar10_fixmatch_40" in out
+    assert code == 0 and "cifar10_fixmatch_40" in out
+    assert out.splitlines()[0] == "algorithms: " + ", ".join(sorted(ALGORITHMS))
+    for name, entry in {**MODELS, **DATASETS}.items():  # one line per registry entry, with its facts
+        assert f"  {name:12} {entry.summary}" in out
+
+
+def test_unknown_dataset_and_model_fail_with_the_registry_names(capsys):
+    code, _, err = run_cli(capsys, "train", "--data.name=cifar11")
+    assert code == 2 and "--data.name='cifar11'" in err and "stl10" in err
+    code, _, err = run_cli(capsys, "train", "--model.name=resnet")
+    assert code == 2 and "--model.name='resnet'" in err and "wrn_28_2" in err
+
+
+def test_augment_config_is_ground_floor_and_knows_every_dali_op():
+    """AugmentConfig lives in config.py (no DALI to parse --aug.*); its op names are exactly the ops the DALI
+    views implement."""
+    from fastssl.config import FIXMATCH_POOL, AugmentConfig
+    from fastssl.data import augment
+
+    assert augment.AugmentConfig is AugmentConfig and set(FIXMATCH_POOL) == set(augment.OP_RANGES)
+    with pytest.raises(ValueError, match="--aug.ops has unknown ops"):
+        AugmentConfig(ops=("Invert2",))
 
 
 def test_help_defaults_parse_back_to_themselves():

@@ -91,7 +91,7 @@ def test_training_step_has_no_host_sync(case, tmp_path):
 def test_baseline_is_caught():
     """Positive control on a whole step: the reference-style FixMatch step syncs 7 times (4 `.item()`,
     the boolean-indexed loss forward twice and its backward once)."""
-    from benchmarks.baseline import BaselineTrainer
+    from fastssl.bench.baseline import BaselineTrainer
     from fastssl.models import build_model
 
     g = torch.Generator().manual_seed(0)

@@ -224,3 +224,24 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="6n\\+4"):
         WideResNet(num_classes=10, depth=27)
     assert sorted(MODELS) == ["cnn_small", "wrn_28_2", "wrn_28_8", "wrn_37_2"]
+
+
+def test_registry_facts_match_the_models():
+    """What `fastssl info` prints (parameter counts) and the minimum input side are true of the built models."""
+    import re
+
+    from fastssl.models.registry import MODELS as ENTRIES
+
+    for name, entry in ENTRIES.items():
+        num_classes = 100 if name == "wrn_28_8" else 10
+        model = build_model(name, num_classes=num_classes, in_channels=1 if name == "cnn_small" else 3).eval()
+        value, unit = re.search(r"([\d.]+)([Mk]) parameters", entry.summary).groups()
+        printed = float(value) * {"M": 1e6, "k": 1e3}[unit]
+        digits = len(value.replace(".", "").lstrip("0"))
+        assert abs(_nparams(model) - printed) <= 0.5 * 10 ** (math.floor(math.log10(printed)) - digits + 1), name
+        s = entry.min_image_size
+        c = 1 if name == "cnn_small" else 3
+        assert model(torch.randn(1, c, s, s)).shape == (1, num_classes)
+        if s > 1:
+            with pytest.raises(ValueError, match=f"at least {s}"):
+                build_model(name, num_classes=num_classes, image_size=s - 1)

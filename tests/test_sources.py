@@ -326,3 +326,23 @@ def test_real_cifar10_npz_smoke():
     assert ds.train_x.shape == (50000, 32, 32, 3) and np.bincount(ds.test_y).tolist() == [1000] * 10
     assert np.allclose(ds.mean, (0.4914, 0.4822, 0.4465), atol=2e-4)  # the published CIFAR-10 values
     assert np.allclose(ds.std, (0.2470, 0.2435, 0.2616), atol=2e-4)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+def test_registry_entries_match_their_readers():
+    """Each entry names a reader that exists, its options are that reader's keywords and `--data.*` fields."""
+    import dataclasses
+    import inspect
+
+    from fastssl.config import DataConfig
+    from fastssl.data import sources
+
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    for name, entry in DATASETS.items():
+        params = inspect.signature(getattr(sources, entry.reader)).parameters
+        assert "root" in params, name
+        for kw, field in entry.options.items():
+            assert kw in params and field in fields, (name, kw, field)
+    assert [n for n, e in DATASETS.items() if not e.flip] == ["digits", "mnist", "svhn"]
+    assert [n for n, e in DATASETS.items() if not e.needs_root] == ["digits"]

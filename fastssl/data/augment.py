@@ -69,8 +69,17 @@ from typing import Callable
 
 import numpy as np
 
+from fastssl.config import FIXMATCH_POOL, AugmentConfig  # noqa: F401 (the plain config lives on the ground floor)
 from fastssl.data._dali import DataNode, dmath, fn, select, types
-from fastssl.data.augment_config import FIXMATCH_POOL, OP_RANGES, AugmentConfig  # noqa: F401 (re-exported)
+
+OP_RANGES: dict[str, tuple[float, float]] = {
+    "AutoContrast": (0.0, 1.0), "Brightness": (0.05, 0.95), "Color": (0.05, 0.95),
+    "Contrast": (0.05, 0.95), "Equalize": (0.0, 1.0), "Identity": (0.0, 1.0), "Posterize": (4.0, 8.0),
+    "Rotate": (-30.0, 30.0), "Sharpness": (0.05, 0.95), "ShearX": (-0.3, 0.3), "ShearY": (-0.3, 0.3),
+    "Solarize": (0.0, 256.0), "TranslateX": (-0.3, 0.3), "TranslateY": (-0.3, 0.3),
+}
+"""USB's ``augment_list()``: the magnitude of each op is drawn uniformly from [lo, hi] per sample."""
+
 
 # ---------------------------------------------------------------- helpers
 

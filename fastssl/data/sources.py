@@ -11,6 +11,7 @@ compute theirs exactly from the training images (a per-channel histogram, so no 
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import inspect
 import io
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fastssl.data.registry import DATASETS
 
 __all__ = ["Dataset", "DatasetError", "DATASETS", "load_dataset"]
 
@@ -518,25 +521,16 @@ def _load_imagefolder(root, image_size: tuple[int, int] | int = 224) -> Dataset:
 
 # ---------------------------------------------------------------------------------------------- entry
 
-DATASETS = {
-    "digits": _load_digits,
-    "mnist": _load_mnist,
-    "cifar10": lambda root: _load_cifar("cifar10", root),
-    "cifar100": lambda root: _load_cifar("cifar100", root),
-    "svhn": _load_svhn,
-    "stl10": _load_stl10,
-    "imagefolder": _load_imagefolder,
-    "npz": _load_npz,
-}
+_load_cifar10 = functools.partial(_load_cifar, "cifar10")
+_load_cifar100 = functools.partial(_load_cifar, "cifar100")
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, **opts) -> Dataset:
-    """Load dataset `name` from `root` (--data.name / --data.root). Options per dataset:
-    digits: split_seed=0, test_size=450; svhn: extra=False; stl10: unlabeled=True;
-    imagefolder: image_size=224; npz: num_classes=None (max label + 1)."""
+    """Load dataset `name` from `root` (--data.name / --data.root) with its reader's keyword options (the
+    reader's signature; `registry.DATASETS` says which `--data.*` fields feed them)."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid --data.name values: {', '.join(DATASETS)}")
-    reader = DATASETS[name]
+    reader = globals()[DATASETS[name].reader]
     valid = [p for p in inspect.signature(reader).parameters if p != "root"]
     bad = sorted(set(opts) - set(valid))
     if bad:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fastssl.batch import SSLBatch, ViewSpec
-from fastssl.config import Config
+from fastssl.config import DataConfig
 from fastssl.data.build import DataBundle
 from fastssl.data.splits import labels_hash, split_labeled
 
@@ -116,10 +116,9 @@ class SyntheticEvalLoader:
         return iter(self._batches)
 
 
-def build_synthetic(cfg: Config, views: ViewSpec, *, rank: int, world: int, device: torch.device,
+def build_synthetic(d: DataConfig, views: ViewSpec, *, seed: int, rank: int, world: int, device: torch.device,
                     build_train: bool = True) -> DataBundle:
     """`build_data` for --data.name=synthetic: sizes from --data.synthetic_* and --data.image_size (32 if 0)."""
-    d = cfg.data
     side = d.image_size or 32
     shape = (d.synthetic_channels, side, side)
     labels = np.arange(d.synthetic_samples, dtype=np.int64) % d.synthetic_classes  # balanced classes
@@ -128,9 +127,9 @@ def build_synthetic(cfg: Config, views: ViewSpec, *, rank: int, world: int, devi
     train = None
     if build_train:
         train = SyntheticTrainLoader(labels, split.lb_idx, split.ulb_idx, batch_size=d.batch_size, uratio=d.uratio,
-                                     views=views, shape=shape, seed=cfg.train.seed, rank=rank, world_size=world,
+                                     views=views, shape=shape, seed=seed, rank=rank, world_size=world,
                                      device=device)
-    evl = SyntheticEvalLoader(labels, batch_size=d.eval_batch_size, shape=shape, seed=cfg.train.seed, rank=rank,
+    evl = SyntheticEvalLoader(labels, batch_size=d.eval_batch_size, shape=shape, seed=seed, rank=rank,
                               world_size=world, device=device)
     meta = {"dataset": "synthetic", "num_labels": d.num_labels, "seed": d.split_seed,
             "num_classes": d.synthetic_classes, "include_labeled_in_unlabeled": d.include_labeled_in_unlabeled,

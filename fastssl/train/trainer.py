@@ -21,6 +21,7 @@ from fastssl.algorithms import get_algorithm
 from fastssl.config import Config
 from fastssl.data.build import build_data
 from fastssl.data.splits import check_same_split, save_split, split_state
+from fastssl.kernels import load_triton
 from fastssl.models import build_model
 from fastssl.train import checkpoint as ckpt_io
 from fastssl.train import faults, runlock
@@ -73,8 +74,8 @@ class Trainer:
         algo_cls = get_algorithm(cfg.algo_name)
         resume = runlock.claim_check(t.out, t.resume, check=build_train and self.rank == 0)  # before the data
 
-        self.data = build_data(cfg, algo_cls.views, rank=self.rank, world=self.world, device=self.device,
-                               build_train=build_train)
+        self.data = build_data(cfg.data, cfg.aug, algo_cls.views, seed=t.seed, rank=self.rank, world=self.world,
+                               device=self.device, build_train=build_train)
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
@@ -92,6 +93,8 @@ class Trainer:
             # (_sync_buffers), and the algorithms keep their own buffers identical by gathering their updates,
             # so nothing is broadcast per step (FlexMatch's per-sample state alone is 8 bytes × |unlabeled set|).
             self.net = DDP(self.net, device_ids=[self.device] if cuda else None, broadcast_buffers=False)
+        if self.compiled and cuda:
+            load_triton()  # the CUDA step dispatches to the Triton kernels: import them now, not under Dynamo
         self.forward = (torch.compile(self._forward, mode=None if t.compile_mode == "default" else t.compile_mode)
                         if self.compiled else self._forward)
         self.ema_decay = torch.tensor(t.ema_decay, device=self.device)
@@ -101,7 +104,7 @@ class Trainer:
         self._metric_keys: list[str] | None = None
         self._metric_sum: torch.Tensor | None = None
         self._metric_count = 0
-        self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0, "steps": 0}
+        self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0}
         torch.manual_seed(t.seed + 1 + self.rank)  # per-rank stream for the algorithms' own randomness
         self._batches = iter(self.data.train) if build_train else None
         self.out_dir: Path | None = Path(t.out) if t.out else None

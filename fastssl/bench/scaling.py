@@ -1,10 +1,10 @@
 """Data-parallel scaling: the same global batch on 1 vs N processes (gloo on CPU, NCCL on CUDA).
 
-    python -m benchmarks.bench_scaling --model cnn_small --batch-size 16 --uratio 7 --nprocs 1,2 --json out.json
+    fastssl bench scaling --model cnn_small --batch-size 16 --uratio 7 --nprocs 1,2 --json out.json
 
 `--data.batch_size` is the global batch (GUIDE §3): each of N ranks gets B/N labeled and μB/N unlabeled
 samples, so N processes doing the same run N times sooner is speedup N and efficiency 1. Every launch is
-`python -m torch.distributed.run --standalone --nproc_per_node=N -m benchmarks.bench_scaling --worker ...`,
+`python -m torch.distributed.run --standalone --nproc_per_node=N -m fastssl.bench.scaling --worker ...`,
 each rank building `fastssl.train.trainer.Trainer` exactly as `fastssl train` does; rank 0 times whole
 steps between barriers after warm-up. Launch counts alternate (1, 2, 2, 1, ...) over `--repeats` so a
 change in machine load does not favour one of them.
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import common
+from fastssl.bench import common
 
 
 def worker(args) -> None:
     import torch.distributed as dist
 
-    from benchmarks.bench_step import build_fastssl
+    from fastssl.bench.step import build_fastssl
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def launch(n: int, args, npz: str, passthrough: list[str]) -> dict:
     fd, out = tempfile.mkstemp(suffix=".json", prefix="fastssl-scaling-")
     os.close(fd)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "benchmarks.bench_scaling", "--worker", "--worker-out", out, "--npz", npz, *passthrough]
+           "-m", "fastssl.bench.scaling", "--worker", "--worker-out", out, "--npz", npz, *passthrough]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=common.REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -84,7 +84,7 @@ def launch(n: int, args, npz: str, passthrough: list[str]) -> dict:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_scaling", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fastssl bench scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--algo", default="fixmatch")
     p.add_argument("--model", default="cnn_small")
     p.add_argument("--batch-size", type=int, default=16, help="GLOBAL labeled batch")

@@ -9,7 +9,7 @@ with 2 threads and a load of ~4 on the 2-core machines, every op waits for a des
 and a fixed ~450 ms per step swamps the work (supervised 496 ms vs FixMatch 604 ms; with 1 thread
 8.3 ms vs 96 ms, measured back to back on 2026-11-21).
 
-    python benchmarks/algo_rates.py [--rounds 30] [--warmup 5] [--batch 16] [--uratio 7] [--threads 2]
+    python -m fastssl.bench.algo_rates [--rounds 30] [--warmup 5] [--batch 16] [--uratio 7] [--threads 2]
 """
 from __future__ import annotations
 

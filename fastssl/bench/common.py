@@ -17,7 +17,8 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-REPO = Path(__file__).absolute().parent.parent
+REPO = Path(__file__).absolute().parents[2]
+"""the folder holding the fastssl package: the checkout root (for the git SHA), or site-packages"""
 CIFAR10_NPZ = Path(os.environ.get("FASTSSL_CIFAR10_NPZ", "/work/shared/data/cifar10.npz"))
 """real CIFAR-10 (uint8 NHWC) used for benchmark inputs when present; override with $FASTSSL_CIFAR10_NPZ"""
 
@@ -54,10 +55,12 @@ def git_sha() -> str:
 
 
 def _command() -> str:
-    """The command line as typed: `python -m benchmarks.bench_step ...` rather than the module's file path."""
+    """The command line as typed: `fastssl bench step ...` rather than the module's file path."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if argv0 is not None and argv0.suffix == ".py" and argv0.parent.name == "benchmarks":
-        return " ".join(["python", "-m", f"benchmarks.{argv0.stem}", *sys.argv[1:]])
+    if argv0 is not None and argv0.suffix == ".py" and argv0.parent.name == "bench":
+        return " ".join(["python", "-m", f"fastssl.bench.{argv0.stem}", *sys.argv[1:]])
+    if argv0 is not None and argv0.name == "__main__.py" and argv0.parent.name == "fastssl":
+        return " ".join(["fastssl", *sys.argv[1:]])
     return " ".join(["python", *sys.argv])
 
 

@@ -1,9 +1,9 @@
 """End-to-end train-step benchmark: fastssl vs a reference-style baseline vs the model-only ceiling, in one run.
 
-    python -m benchmarks.bench_step --model wrn_28_2 --batch-size 64 --uratio 7 --json out.json
+    fastssl bench step --model wrn_28_2 --batch-size 64 --uratio 7 --json out.json
 
 Systems (each does the same work per step: B labeled + μB weak + μB strong images through the same model):
-  baseline  `benchmarks/baseline.py`: DataLoader workers with PIL RandAugment, eager fp32, boolean-indexed
+  baseline  `fastssl/bench/baseline.py`: DataLoader workers with PIL RandAugment, eager fp32, boolean-indexed
             loss, `.item()` every step, Python-loop EMA with two load_state_dict (USB/TorchSSL style)
   fastssl   `fastssl.train.trainer.Trainer(cfg).run_steps(n)`: DALI views, the (compiled) step, EMA, state
   ceiling   the same model's forward + backward + SGD step on pre-made tensors of the same shapes (compiled,
@@ -30,8 +30,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common
-from benchmarks.baseline import BaselineTrainer
+from fastssl.bench import common
+from fastssl.bench.baseline import BaselineTrainer
 
 SYSTEMS = ("baseline", "fastssl", "ceiling")
 VARIANTS = ("fastssl_nocompile", "ceiling_nocompile", "fastssl_compiled", "ceiling_compiled")
@@ -193,7 +193,7 @@ def profile_steps(system, n: int, path: str) -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_step", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="fastssl bench step", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", default="fixmatch")
     p.add_argument("--model", default="cnn_small", help="cnn_small, wrn_28_2, ...")

@@ -1,6 +1,6 @@
 """Markdown tables from benchmark JSON files (for benchmarks/RESULTS.md and the README).
 
-    python -m benchmarks.summarize benchmarks/results/cpu/*.json
+    fastssl bench summarize benchmarks/results/cpu/*.json
 """
 from __future__ import annotations
 
