@@ -90,7 +90,7 @@ if [[ $PHASE == A ]]; then
     stage kernel_tests 150 - "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
         tests/test_kernels_ce.py tests/test_kernels_ema.py tests/test_ema.py
     # the trainer's step alone (synthetic batches, no DALI) beside the model-only ceiling, interleaved
-    stage step 200 "$WORK/step.json" "$PY" -m benchmarks.bench_step "${STEP_ARGS[@]}" --systems fastssl_synth,ceiling \
+    stage step 200 "$WORK/step.json" "$PY" -m fastssl bench step "${STEP_ARGS[@]}" --systems fastssl_synth,ceiling \
         --warmup "$WARM" --rounds "$ROUNDS" --chunk "$CHUNK" --sync-steps "$SYNC" \
         --profile "$WORK/prof" --profile-steps "$PROF" --json "$WORK/step.json"
     cp "$WORK/prof/fastssl_synth_trace.json.gz" "$OUTDIR/trace-A.json.gz" 2>/dev/null
@@ -99,16 +99,16 @@ if [[ $PHASE == A ]]; then
         -k "$KSEL" --benchmark-enable --benchmark-max-time=0.2 --benchmark-json="$WORK/kernels.json"
 else
     # end to end: DALI on the GPU feeding the compiled step, beside the synthetic step and the ceiling
-    stage step 200 "$WORK/step.json" "$PY" -m benchmarks.bench_step "${STEP_ARGS[@]}" \
+    stage step 200 "$WORK/step.json" "$PY" -m fastssl bench step "${STEP_ARGS[@]}" \
         --systems fastssl,fastssl_synth,ceiling --warmup "$WARM" --rounds "$ROUNDS" --chunk "$CHUNK" \
         --sync-steps "$SYNC" --dali-threads 4 --profile "$WORK/prof" --profile-steps "$PROF" --json "$WORK/step.json"
     cp "$WORK/prof/fastssl_trace.json.gz" "$OUTDIR/trace-B.json.gz" 2>/dev/null
 fi
 # the reference-style baseline is CPU-bound (PIL workers): a few steps suffice for its speed
-stage baseline 120 "$WORK/baseline.json" "$PY" -m benchmarks.bench_step "${STEP_ARGS[@]}" --systems baseline \
+stage baseline 120 "$WORK/baseline.json" "$PY" -m fastssl bench step "${STEP_ARGS[@]}" --systems baseline \
     --warmup "$BWARM" --rounds 2 --chunk "$BCHUNK" --settle 0 --sync-steps 1 --json "$WORK/baseline.json"
 if [[ $PHASE == B ]]; then
-    stage pipeline 120 "$WORK/pipeline.json" "$PY" -m benchmarks.bench_pipeline --batch-size "$B" --uratio "$MU" \
+    stage pipeline 120 "$WORK/pipeline.json" "$PY" -m fastssl bench pipeline --batch-size "$B" --uratio "$MU" \
         --image-size "$SIZE" --data random --num-train "$NTRAIN" --num-labels "$NLAB" --device "$DEV" $PIPE \
         --json "$WORK/pipeline.json"
     stage dali_tests 200 - "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_pipeline.py \

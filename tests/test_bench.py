@@ -133,7 +133,7 @@ def test_bench_step_synthetic_system_and_trace(tmp_path):
     phase A of scripts/gpu_check.sh runs without DALI), with next() timing and a gzipped profiler trace."""
     import gzip
 
-    from benchmarks import bench_step
+    from fastssl.bench import step as bench_step
 
     out = tmp_path / "step.json"
     rc = bench_step.main(["--systems", "fastssl_synth,ceiling", "--model", "cnn_small", "--image-size", "16",

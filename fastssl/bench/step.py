@@ -7,7 +7,7 @@ Systems (each does the same work per step: B labeled + μB weak + μB strong ima
             loss, `.item()` every step, Python-loop EMA with two load_state_dict (USB/TorchSSL style)
   fastssl   `fastssl.train.trainer.Trainer(cfg).run_steps(n)`: DALI views, the (compiled) step, EMA, state
   ceiling   the same model's forward + backward + SGD step on pre-made tensors of the same shapes (compiled,
-            bf16 and channels_last on CUDA, as fastssl's defaults): what no data pipeline can beat
+            bf16 on CUDA, channels_last everywhere, as fastssl's defaults): what no data pipeline can beat
   fastssl_synth  (on request) the same Trainer on `--data.name=synthetic`: a few pre-made device batches, no
             DALI, so the trainer's own step (loss, EMA, algorithm state) is measured apart from the data path
 Optional variants (--variants): fastssl_nocompile / ceiling_nocompile (compile off), and fastssl_compiled /
@@ -46,7 +46,8 @@ def build_model(name: str, image_size: int) -> torch.nn.Module:
 
 class Ceiling:
     """Model-only step on fixed tensors: forward over (B + 2μB) images, CE, backward, SGD Nesterov, with
-    fastssl's settings for the device (compile, bf16 and channels_last model on CUDA)."""
+    fastssl's settings for the device (compile and bf16 on CUDA; a channels_last model everywhere, as the
+    Trainer's, whose DDP buckets need the gradients in the weights' layout)."""
 
     def __init__(self, model_name: str, images_per_step: int, image_size: int, device: torch.device,
                  compile: bool, amp: bool, channels_last: bool, seed: int = 0):
@@ -134,8 +135,8 @@ def build_system(name: str, args, ctx: dict):
         compile = {"fastssl": "auto", "fastssl_nocompile": "off", "fastssl_compiled": "on"}[name]
         return build_fastssl(args, ctx["npz"], compile)
     compile = {"ceiling": cuda, "ceiling_nocompile": False, "ceiling_compiled": True}[name]
-    c = Ceiling(args.model, ims, size, dev, compile=compile, amp=cuda, channels_last=cuda, seed=args.seed)
-    return c, {"compile": compile, "amp": "bf16" if cuda else "off", "channels_last": cuda}
+    c = Ceiling(args.model, ims, size, dev, compile=compile, amp=cuda, channels_last=True, seed=args.seed)
+    return c, {"compile": compile, "amp": "bf16" if cuda else "off", "channels_last": True}
 
 
 def count_syncs(system, n: int) -> float:
