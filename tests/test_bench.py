@@ -2,6 +2,7 @@
 writes every field with sane values on tiny settings."""
 import copy
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -124,8 +125,6 @@ def test_bench_step_tiny_run_writes_complete_json(tmp_path):
         assert "config" in e
     assert res["ratios"]["ceiling/baseline"] > 0
     assert res["ratios"]["fastssl/baseline"] > 0 and res["ratios"]["fastssl/ceiling"] > 0
-
-
 
 
 def test_bench_step_synthetic_system_and_trace(tmp_path):
