@@ -56,7 +56,7 @@ def test_recipe_names_import_no_algorithm_and_reading_one_imports_no_triton():
         "from fastssl.algorithms import ALGORITHMS, get_algorithm\n"
         "names = sorted(RECIPES) + sorted(ALGORITHMS)\n"
         "loaded = lambda: sorted(m for m in sys.modules if m.startswith('fastssl.algorithms.'))\n"
-        "assert loaded() == ['fastssl.algorithms.base', 'fastssl.algorithms.losses'], loaded()\n"
+        "assert loaded() == [], loaded()  # names only: not even the contract (torch)\n"
         "get_recipe('cifar10_flexmatch_40'); get_algorithm('softmatch').Config()\n"
         "assert loaded() == ['fastssl.algorithms.base', 'fastssl.algorithms.flexmatch', 'fastssl.algorithms.losses',"
         " 'fastssl.algorithms.softmatch'], loaded()\n"

@@ -7,8 +7,10 @@ loss computation). Adding an algorithm: its module, one line here, its test (REA
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
-from fastssl.algorithms.base import Algorithm, AlgorithmConfig
+if TYPE_CHECKING:
+    from fastssl.algorithms.base import Algorithm, AlgorithmConfig
 
 ALGORITHMS: dict[str, str] = {
     "fixmatch": "fastssl.algorithms.fixmatch:FixMatch",
@@ -32,7 +34,17 @@ ALGORITHMS: dict[str, str] = {
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
 
-def get_algorithm(name: str) -> type[Algorithm]:
+def __getattr__(name: str) -> Any:
+    """`Algorithm` and `AlgorithmConfig` load with the contract (and torch) on first use: listing names
+    (`fastssl info`, `--help`, recipe names) imports neither."""
+    if name in ("Algorithm", "AlgorithmConfig"):
+        from fastssl.algorithms import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_algorithm(name: str) -> "type[Algorithm]":
     """The algorithm class registered as `name`, importing its module."""
     try:
         path = ALGORITHMS[name]
