@@ -233,7 +233,7 @@ def test_no_unlabeled_views_builds_no_unlabeled_pipeline():
     y = np.arange(40) % 4
     loader = TrainLoader(x, y, x, y, batch_size=4, uratio=3, views=ViewSpec(0, 0), aug=AugmentConfig(flip_prob=0.0),
                          mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)
-    assert set(loader.state_dict()) == {"lb"}
+    assert set(loader._pipes) == {"lb"}
     b = next(iter(loader))
     assert b.x_lb.shape == (4, 3, 8, 8) and b.x_ulb_w.shape == (0, 3, 8, 8) and b.x_ulb_s.shape == (0, 3, 8, 8)
     assert b.idx_ulb.shape == (0,) and b.y_ulb.dtype == torch.int64

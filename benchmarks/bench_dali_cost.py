@@ -1,0 +1,91 @@
+"""DALI's cost per training step (`TrainLoader.__next__`), CPU backend, CIFAR shapes (32x32x3), labeled batch
+B and unlabeled 7B: ms per step at B=1 (the fixed cost: operators run once per iteration whatever the batch)
+and B=64, and the DALI operators per iteration of the CPU pipelines and of the CUDA-built graph (defined in
+Python, never run, so no GPU is needed).
+
+    PYTHONPATH=$PWD python -m benchmarks.bench_dali_cost [--steps 200] [--threads 2]
+
+Prints a Markdown table. Median over `--steps` calls of `next()` after `--warmup` calls.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from nvidia import dali
+
+from fastssl.batch import ViewSpec
+from fastssl.data import pipeline as P
+from fastssl.data.augment import AugmentConfig
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+ROWS = {  # name → (views, aug)
+    "weak only": (ViewSpec(num_weak=1, num_strong=0), AugmentConfig(flip_prob=0.5)),
+    "FixMatch, num_ops=0 (Cutout only)": (ViewSpec(), AugmentConfig(flip_prob=0.5, num_ops=0)),
+    "FixMatch, 1 op": (ViewSpec(), AugmentConfig(flip_prob=0.5, num_ops=1)),
+    "FixMatch, 3 ops (default)": (ViewSpec(), AugmentConfig(flip_prob=0.5)),
+}
+
+
+def _loader(views, aug, batch, threads, x, y):
+    return P.TrainLoader(x[:1000], y[:1000], x, y, batch_size=batch, uratio=7, views=views, aug=aug,
+                         mean=CIFAR_MEAN, std=CIFAR_STD, seed=0, num_threads=threads)
+
+
+def step_ms(loader, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        next(loader)
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        next(loader)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1e3
+
+
+def gpu_operator_count(views, aug) -> int:
+    """Operators of the loader's pipelines as built for cuda:0 (graph only)."""
+    x = np.zeros((16, 32, 32, 3), np.uint8)
+    total = 0
+    for nw, ns in ((1, int(views.lb_strong)), (views.num_weak, views.num_strong)):
+        src = P._Source(x, np.zeros(16, np.int64), P.EpochSampler(16, 8, 0, 1))
+        pipe = P._train_graph(src, **P.graph_kwargs(aug, (32, 32), 3, CIFAR_MEAN, CIFAR_STD, nw, ns, gpu=True),
+                              encoded=False, batch_size=8, num_threads=1, device_id=0, prefetch_queue_depth=2)
+        total += sum(P.operator_counts(pipe).values())
+    return total
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=200, help="timed next() calls per cell (median reported)")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2, help="DALI CPU threads per pipeline")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, len(x)).astype(np.int64)
+    print(f"DALI {dali.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {args.threads} DALI threads, "
+          f"median of {args.steps} next() after {args.warmup}\n")
+    print("| views | B=1 ms/step | B=64 ms/step | DALI ops (CPU) | DALI ops (CUDA graph) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (views, aug) in ROWS.items():
+        ms = {}
+        for b in (1, 64):
+            loader = _loader(views, aug, b, args.threads, x, y)
+            ms[b] = step_ms(loader, args.warmup, args.steps if b == 1 else max(args.steps // 4, 10))
+            if b == 1:
+                cpu_ops = sum(sum(P.operator_counts(pp).values()) for pp in loader._pipes.values())
+            del loader
+        print(f"| {name} | {ms[1]:.1f} | {ms[64]:.1f} | {cpu_ops} | {gpu_operator_count(views, aug)} |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
