@@ -216,3 +216,22 @@ def test_gpu_op_matches_cpu_op(name, mags):
         assert frac <= 0.01 and (mx <= 1 or name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"))
     cut = dict(cx=[3.3, 30.0], cy=[20.1, 31.5])
     assert _diff(run_op(x, "Cutout", [10.7, 5.2], device="gpu", **cut), run_op(x, "Cutout", [10.7, 5.2], **cut))[0] == 0
+
+
+def test_each_sample_gets_exactly_its_own_op():
+    """One stage over a batch whose samples draw different ops (the whole pool, up to two magnitudes each): every
+    sample equals PIL's result of its own op, i.e. the identity values of the ops not drawn are exact."""
+    base = _images()
+    names, mags, imgs = [], [], []
+    exact = {**dict(EXACT_CASES), "AutoContrast": [0.0], "Equalize": [0.0]}  # no pixel-edge ties for warps
+    for i, name in enumerate(OP_RANGES):
+        for j, v in enumerate(exact[name][-2:]):
+            names.append(name)
+            mags.append(v)
+            imgs.append(base[(i + j) % 2])
+    x = np.stack(imgs)
+    out = run_op(x, names, np.array(mags, np.float32))
+    for o, a, name, v in zip(out, x, names, np.float32(mags)):
+        ref = ref_equalize_opencv(a) if name == "Equalize" else ref_op(a, name, float(v))
+        mx, frac = _diff(o, ref)
+        assert mx <= (1 if name == "AutoContrast" else 0), (name, v, mx, frac)

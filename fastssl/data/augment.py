@@ -157,10 +157,11 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, n
     colour = (names == "Color") & (channels == 3)  # PIL's grey of a grey image is itself: Color = identity
     blend = (names == "Brightness") | colour | (names == "Contrast") | (names == "Sharpness")
     post = names == "Posterize"
+    pd = np.where(post, 2.0 ** (8 - np.floor(np.where(post, m, 8.0))), 1.0)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     return {"M": f32(M), "v": f32(np.where(blend, m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
             "ws": f32(names == "Sharpness"), "a": f32(names == "AutoContrast"), "e": f32(names == "Equalize"),
-            "pd": f32(np.where(post, 2.0 ** (8 - np.floor(np.where(post, m, 8.0))), 1.0)),
+            "pd": f32(pd),
             "t": f32(np.where(names == "Solarize", m, 256.0))}
 
 
@@ -358,10 +359,10 @@ def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
 # ---------------------------------------------------------------- running one op alone (tests, debugging)
 
 
-def run_op(images: np.ndarray, name: str, magnitudes, device: str = "cpu", **cutout_params) -> np.ndarray:
-    """Applies one op through the RandAugment `stage` (or "Cutout", with per-sample arrays `cx`, `cy` and
-    `magnitudes` as the side in px) with fixed per-sample magnitudes to uint8 NHWC `images`, on DALI's CPU
-    backend or on GPU 0 (device="gpu"); returns uint8 NHWC on the host."""
+def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", **cutout_params) -> np.ndarray:
+    """Applies one op (or per-sample ops: a list of names) through the RandAugment `stage` (or "Cutout",
+    with per-sample arrays `cx`, `cy` and `magnitudes` as the side in px) with fixed per-sample magnitudes
+    to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0 (device="gpu"); returns uint8 NHWC."""
     from nvidia.dali import pipeline_def
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -371,7 +372,7 @@ def run_op(images: np.ndarray, name: str, magnitudes, device: str = "cpu", **cut
         anchor, shape = cutout_box(mags, cutout_params["cx"], cutout_params["cy"], (h, w))
         host, dev = {"anchor": anchor, "shape": shape}, {}
     else:
-        p = stage_params([name] * n, mags, (h, w), c)
+        p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c)
         host, dev = {"M": p["M"]}, {q: p[q] for q in stage_device(c)}
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None)
