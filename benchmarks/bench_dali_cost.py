@@ -6,7 +6,7 @@ Python, never run, so no GPU is needed).
     PYTHONPATH=$PWD python -m benchmarks.bench_dali_cost [--rounds 15] [--threads 2]
 
 Prints a Markdown table: ms per `next()` with one step per DALI iteration (k=1) and with the loader's
-default steps per iteration.
+default steps per iteration (k > 1 only for small batches).
 """
 from __future__ import annotations
 
@@ -38,19 +38,22 @@ def _loader(views, aug, batch, threads, x, y, k):
                          mean=CIFAR_MEAN, std=CIFAR_STD, seed=0, num_threads=threads, steps_per_run=k)
 
 
-def step_ms(loader, warmup: int, rounds: int) -> float:
-    """Median over `rounds` rounds of the mean ms per next() over 8·k calls (whole DALI iterations: with k
-    steps per iteration, k - 1 of k calls only slice, so a median of single calls would hide the cost)."""
+def step_ms(loader, warmup: int, rounds: int) -> tuple[float, float]:
+    """(wall, CPU) ms per next(): medians over `rounds` rounds of the mean over 8·k calls (whole DALI
+    iterations: with k steps per iteration, k - 1 of k calls only slice, so a median of single calls would
+    hide the cost). CPU time counts every thread of the process (DALI's workers included): on a shared
+    machine it is the steadier of the two."""
     n = 8 * loader.steps_per_run
     for _ in range(warmup):
         next(loader)
-    ts = []
+    wall, cpu = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             next(loader)
-        ts.append((time.perf_counter() - t0) / n)
-    return float(np.median(ts)) * 1e3
+        wall.append((time.perf_counter() - t0) / n)
+        cpu.append((time.process_time() - c0) / n)
+    return float(np.median(wall)) * 1e3, float(np.median(cpu)) * 1e3
 
 
 def gpu_operator_count(views, aug) -> int:
@@ -76,20 +79,19 @@ def main(argv=None) -> int:
     y = rng.integers(0, 10, len(x)).astype(np.int64)
     print(f"DALI {dali.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {args.threads} DALI threads, "
-          f"ms per next() = median over {args.rounds} rounds of the mean over 8·k calls, after {args.warmup}; "
-          f"k = steps per DALI iteration\n")
-    print("| views | B=1, k=1 | B=1, default k | B=64, k=1 | B=64, default k | DALI ops / iteration (CPU) "
+          f"wall / CPU ms per next() = medians over {args.rounds} rounds of the mean over 8·k calls, after "
+          f"{args.warmup}; k = steps per DALI iteration\n")
+    print("| views | B=1, k=1 | B=1, default k | B=64, default k | DALI ops / iteration (CPU) "
           "| DALI ops / iteration (CUDA graph) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, (views, aug) in ROWS.items():
         cells = []
-        for b in (1, 64):
-            for k in (1, None):
-                loader = _loader(views, aug, b, args.threads, x, y, k)
-                cells.append(f"{step_ms(loader, args.warmup, args.rounds if b == 1 else max(args.rounds // 3, 3)):.2f}"
-                             + ("" if k == 1 else f" (k={loader.steps_per_run})"))
-                cpu_ops = sum(sum(P.operator_counts(pp).values()) for pp in loader._pipes.values())
-                del loader
+        for b, k in ((1, 1), (1, None), (64, None)):
+            loader = _loader(views, aug, b, args.threads, x, y, k)
+            wall, cpu = step_ms(loader, args.warmup, args.rounds if b == 1 else max(args.rounds // 3, 3))
+            cells.append(f"{wall:.2f} / {cpu:.2f}" + ("" if k == 1 else f" (k={loader.steps_per_run})"))
+            cpu_ops = sum(sum(P.operator_counts(pp).values()) for pp in loader._pipes.values())
+            del loader
         print(f"| {name} | {' | '.join(cells)} | {cpu_ops} | {gpu_operator_count(views, aug)} |", flush=True)
     return 0
 

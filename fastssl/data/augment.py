@@ -58,10 +58,16 @@ Deviations from the PIL reference, each pinned by a test in ``tests/test_augment
 - Single-channel images (digits, MNIST): Color is the identity (PIL's grey of a grey image is itself),
   Contrast's centre is the channel mean, Cutout fills with the mean of ``cutout_fill``.
 
-Cost (DALI CPU backend, 2 threads, a 2-core machine shared at load ~9, CIFAR-sized 32x32, 448 images,
-median of 3 rounds of 10 batches): weak ≈ 26 ms CPU per batch; weak + strong (num_ops=3) ≈ 166 ms, with
-num_ops=2 ≈ 128 ms, vs DALI's own ``rand_augment(n=2, m=10)`` + erase (one fixed magnitude) ≈ 109 ms in
-the same run. The op selection uses DALI conditionals: each sample runs only its own op.
+Structure: one RandAugment stage is ONE fixed chain of DALI operators for every sample (`stage`): a warp
+with a per-sample matrix (the identity unless Rotate/Shear/Translate was drawn), a PIL-style blend whose
+degenerate image and factor are per-sample weights (factor 1, an exact identity, unless a colour op was
+drawn), then AutoContrast, Equalize, Posterize and Solarize, each switched by a per-sample weight that
+makes it an exact identity when not drawn. All draws (op, magnitude, crop, flip, Cutout box) and the
+arithmetic that turns them into matrices and weights are vectorised numpy in `ViewParams` (host), so the
+graph holds image operators only. DALI's cost per iteration is mostly per operator: a strong view with
+3 ops went from 761 operators (14-way conditionals per stage) to 199; every sample now pays for every
+op's arithmetic, which at B=448 still costs about half of the conditionals' per-sample work (measured,
+see the README's "Augmentation (DALI)").
 """
 from __future__ import annotations
 

@@ -4,20 +4,28 @@ Sampling is done by us, not by a DALI reader: an `external_source` with ``batch_
 is a pure function of (iteration, seed, rank). Rank r owns the shard ``arange(r, N, world_size)`` of the
 labeled and of the unlabeled set (disjoint, covering); each epoch of a shard is a fresh permutation
 seeded by (seed, stream, rank, epoch), and a batch that crosses an epoch boundary takes the tail of one
-permutation and the head of the next. Because the callback is pure and DALI checkpoints both its
-iteration counter and every random op's state, `state_dict()`/`load_state_dict()` resume bit-exactly.
+permutation and the head of the next. Every augmentation draw is made the same way (`ViewParams`: numpy,
+seeded by (seed, stream, rank, step)), so the graphs hold no DALI random operators and a batch is a pure
+function of its step: `state_dict()` is the step, and `load_state_dict()` rebuilds the pipelines there.
+
+One DALI iteration makes `steps_per_run` (k) training steps: a batch of k·B rows, handed out as k slices
+(views, no copy). DALI's cost per iteration is mostly per operator, not per sample, so small batches share
+it k ways. Resuming at step s starts the pipelines at the iteration holding s and skips the s mod k steps
+before it; draws are per step, so the batches are the same whatever k is.
 
 Image folders use the same sampler: the callback returns the encoded file bytes, decoded by
 `fn.decoders.image` ("mixed" on GPU) and resized to ``image_size``. We do not use `fn.readers.file` for
 training: its shuffle is a bounded buffer rather than a per-epoch permutation, and it cannot return the
 sample index that per-sample algorithm state needs.
 
-Buffer lifetime: the tensors handed to torch share DALI's output buffers (DLPack, no copy; on CUDA,
-`torch.from_dlpack` passes torch's current stream and DALI makes it wait for the batch). With DALI 2.x's
-default (dynamic) executor, which these pipelines use, output buffers are reference-counted: a batch stays
-valid as long as its tensors live (tested: a batch kept across later batches is unchanged). Under DALI's
-legacy executor they would be overwritten after ``prefetch`` further batches; the trainer consumes each
-batch immediately, so it is safe either way.
+Buffer lifetime: the tensors handed to torch share DALI's output buffers (DLPack, no copy). On CUDA the
+pipelines run on torch's current stream (`run(cuda_stream=...)`: no host wait), and the training loop
+does not synchronize, so the host may drop a batch while kernels queued on the stream still read it; if
+DALI then reused that memory for a later iteration the kernels would read the wrong images. `_KeepAlive`
+therefore keeps every iteration's outputs referenced until a CUDA event recorded `in_flight` steps after
+its last batch was handed out has completed (tested under a long GPU sleep in
+tests/test_pipeline.py). Keeping references is cheaper than copying into torch-owned buffers, which
+would add a full pass over every view each step.
 
 Mean/std are per channel on the 0–1 scale (torchvision/USB convention), e.g. (0.485, 0.456, 0.406).
 """
