@@ -99,7 +99,7 @@ def _run_view(x, cfg, n, strong=False, seed=3):
     loader's per-sample draws (`ViewParams`)."""
     batch, hw, c = [x] * n, x.shape[:2], x.shape[2]
 
-    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None, enable_conditionals=True)
     def pipe():
         params = ViewParams(cfg, hw, c, int(not strong), int(strong), key=(seed,)).nodes(per_step=n)
         img = fn.external_source(source=lambda: batch, batch=True, layout="HWC")
@@ -218,9 +218,11 @@ def test_gpu_op_matches_cpu_op(name, mags):
     assert _diff(run_op(x, "Cutout", [10.7, 5.2], device="gpu", **cut), run_op(x, "Cutout", [10.7, 5.2], **cut))[0] == 0
 
 
-def test_each_sample_gets_exactly_its_own_op():
+@pytest.mark.parametrize("branch", [False, True])
+def test_each_sample_gets_exactly_its_own_op(branch):
     """One stage over a batch whose samples draw different ops (the whole pool, up to two magnitudes each): every
-    sample equals PIL's result of its own op, i.e. the identity values of the ops not drawn are exact."""
+    sample equals PIL's result of its own op, i.e. the identity values of the ops not drawn are exact. Same
+    with the statistics ops in a conditional branch."""
     base = _images()
     names, mags, imgs = [], [], []
     exact = {**dict(EXACT_CASES), "AutoContrast": [0.0], "Equalize": [0.0]}  # no pixel-edge ties for warps
@@ -230,7 +232,7 @@ def test_each_sample_gets_exactly_its_own_op():
             mags.append(v)
             imgs.append(base[(i + j) % 2])
     x = np.stack(imgs)
-    out = run_op(x, names, np.array(mags, np.float32))
+    out = run_op(x, names, np.array(mags, np.float32), branch=branch)
     for o, a, name, v in zip(out, x, names, np.float32(mags)):
         ref = ref_equalize_opencv(a) if name == "Equalize" else ref_op(a, name, float(v))
         mx, frac = _diff(o, ref)

@@ -144,6 +144,16 @@ def test_batches_do_not_depend_on_steps_per_run_and_resume_mid_iteration():
         assert all(torch.equal(a, b) for a, b in zip(e, g))
 
 
+def test_statistics_branch_gives_the_same_batches():
+    """Large CPU iterations route the statistics ops through a DALI conditional (BRANCH_MIN_BATCH): same
+    batches, bit for bit, as the unbranched graph (here k = 11: 132 unlabeled rows per iteration)."""
+    aug = AugmentConfig(flip_prob=0.5)
+    branched, _, _ = _loader(aug=aug, steps_per_run=11)
+    assert branched._specs["ulb"]["branch"] and not _loader(aug=aug, steps_per_run=1)[0]._specs["ulb"]["branch"]
+    for e, g in zip(_take(_loader(aug=aug, steps_per_run=1)[0], 11), _take(branched, 11)):
+        assert all(torch.equal(a, b) for a, b in zip(e, g))
+
+
 def test_default_steps_per_run_fills_a_small_budget():
     """Small batches are grouped (the fixed per-iteration cost is shared); large ones are not."""
     assert _loader()[0].steps_per_run == 8
