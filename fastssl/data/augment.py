@@ -193,10 +193,11 @@ class ViewParams:
     """Every random choice of `num_weak` weak and `num_strong` strong views, per sample, drawn with numpy as
     a pure function of (key, step): the DALI graph holds no random operators, so a loader resumes at any
     step by asking for that step's draws again, and the draws do not depend on how many steps one DALI
-    iteration makes. `host_names` feed operator arguments (CPU), `device_names` feed arithmetic."""
+    iteration makes. `host_names` feed operator arguments (CPU), `device_names` feed arithmetic; `branch`:
+    the graph is built with `stage`'s branch (which reads the "heavy" flags)."""
 
     def __init__(self, cfg: AugmentConfig, hw: tuple[int, int], channels: int, num_weak: int, num_strong: int,
-                 key: tuple[int, ...]):
+                 key: tuple[int, ...], branch: bool = False):
         self.cfg, self.hw, self.channels, self.nw, self.ns, self.key = cfg, hw, channels, num_weak, num_strong, key
         self.host_names, self.device_names = [], []
         for j in range(num_weak):
@@ -204,7 +205,7 @@ class ViewParams:
         for j in range(num_strong):
             self.host_names += [f"s{j}.{k}" for k in CROP]
             for k in range(cfg.num_ops):
-                self.host_names += [f"s{j}.{k}.{q}" for q in STAGE_HOST]
+                self.host_names += [f"s{j}.{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
                 self.device_names += [f"s{j}.{k}.{q}" for q in stage_device(channels)]
             if cfg.cutout_max_frac > 0:
                 self.host_names += [f"s{j}.cut_anchor", f"s{j}.cut_shape"]
@@ -364,7 +365,8 @@ def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: 
     (normalized if mean/std); `branch` as in `stage`."""
     x = crop_flip(padded, p, prefix, hw)
     for k in range(cfg.num_ops):
-        x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in STAGE_HOST + stage_device(channels)}, hw=hw, channels=channels,
+        names = [q for q in STAGE_HOST + stage_device(channels) if f"{prefix}{k}.{q}" in p]
+        x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in names}, hw=hw, channels=channels,
                   fill=cfg.geometric_fill, branch=branch)
     if cfg.cutout_max_frac > 0:
         x = cutout(x, p[prefix + "cut_anchor"], p[prefix + "cut_shape"], channels, cfg.cutout_fill)
@@ -407,7 +409,8 @@ def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bo
         host, dev = {"anchor": anchor, "shape": shape}, {}
     else:
         p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c)
-        host, dev = {q: p[q] for q in STAGE_HOST}, {q: p[q] for q in stage_device(c)}
+        host = {q: p[q] for q in STAGE_HOST if branch or q != "heavy"}
+        dev = {q: p[q] for q in stage_device(c)}
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None, enable_conditionals=True)
     def pipe():

@@ -139,7 +139,7 @@ def _train_graph(source: _Source, *, hw, channels, aug, mean, std, num_weak, num
     imgs, labels, idx = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
                                            layout=[None if encoded else "HWC", None, None])
     imgs = _load(imgs, hw, channels, gpu, encoded)
-    params = ViewParams(aug, hw, channels, num_weak, num_strong, key).nodes(
+    params = ViewParams(aug, hw, channels, num_weak, num_strong, key, branch).nodes(
         source.sampler.batch, source.steps_per_run, source.start, gpu)
     out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong, params, branch)
     if gpu:
