@@ -81,18 +81,19 @@ def main(argv=None) -> int:
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {args.threads} DALI threads, "
           f"wall / CPU ms per next() = medians over {args.rounds} rounds of the mean over 8·k calls, after "
           f"{args.warmup}; k = steps per DALI iteration\n")
-    print("| views | B=1, k=1 | B=1, default k | B=64, default k | DALI ops / iteration (CPU) "
+    print("| views | B=1, k=1 | B=1, default k | B=64, default k | DALI ops / iteration (CPU, B=1 / B=64) "
           "| DALI ops / iteration (CUDA graph) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, (views, aug) in ROWS.items():
-        cells = []
+        cells, ops = [], {}
         for b, k in ((1, 1), (1, None), (64, None)):
             loader = _loader(views, aug, b, args.threads, x, y, k)
             wall, cpu = step_ms(loader, args.warmup, args.rounds if b == 1 else max(args.rounds // 3, 3))
             cells.append(f"{wall:.2f} / {cpu:.2f}" + ("" if k == 1 else f" (k={loader.steps_per_run})"))
-            cpu_ops = sum(sum(P.operator_counts(pp).values()) for pp in loader._pipes.values())
+            ops[b] = sum(sum(P.operator_counts(pp).values()) for pp in loader._pipes.values())
             del loader
-        print(f"| {name} | {' | '.join(cells)} | {cpu_ops} | {gpu_operator_count(views, aug)} |", flush=True)
+        print(f"| {name} | {' | '.join(cells)} | {ops[1]} / {ops[64]} | {gpu_operator_count(views, aug)} |",
+              flush=True)
     return 0
 
 

@@ -59,15 +59,16 @@ Deviations from the PIL reference, each pinned by a test in ``tests/test_augment
   Contrast's centre is the channel mean, Cutout fills with the mean of ``cutout_fill``.
 
 Structure: one RandAugment stage is ONE fixed chain of DALI operators for every sample (`stage`): a warp
-with a per-sample matrix (the identity unless Rotate/Shear/Translate was drawn), a PIL-style blend whose
-degenerate image and factor are per-sample weights (factor 1, an exact identity, unless a colour op was
-drawn), then AutoContrast, Equalize, Posterize and Solarize, each switched by a per-sample weight that
-makes it an exact identity when not drawn. All draws (op, magnitude, crop, flip, Cutout box) and the
-arithmetic that turns them into matrices and weights are vectorised numpy in `ViewParams` (host), so the
-graph holds image operators only. DALI's cost per iteration is mostly per operator: a strong view with
-3 ops went from 761 operators (14-way conditionals per stage) to 199; every sample now pays for every
-op's arithmetic, which at B=448 still costs about half of the conditionals' per-sample work (measured,
-see the README's "Augmentation (DALI)").
+with a per-sample matrix (the identity unless Rotate/Shear/Translate was drawn), the ops that read image
+statistics (a PIL-style blend whose degenerate image and factor are per-sample weights, AutoContrast,
+Equalize), then Brightness, Posterize and Solarize, each switched by a per-sample weight that makes it an
+exact identity when not drawn. All draws (op, magnitude, crop, flip, Cutout box) and the arithmetic that
+turns them into matrices and weights are vectorised numpy in `ViewParams` (host), so the graph holds image
+operators only. DALI's cost per iteration is mostly per operator: a strong view with 3 ops went from 761
+operators (a 14-way conditional per stage) to 211. Every sample then runs every op's arithmetic, which on
+the CPU backend costs more per sample than running only its own op; for large CPU iterations the
+statistics ops sit in one 2-way conditional (`branch`), taken only by the samples that drew one (see
+pipeline.BRANCH_MIN_BATCH for the measured trade-off).
 """
 from __future__ import annotations
 
