@@ -318,8 +318,8 @@ def stage(x: DataNode, p: dict, *, hw, channels, fill, branch: bool = False) -> 
     (Color, Contrast, Sharpness, AutoContrast, Equalize); Brightness, Posterize, Solarize. Every op is the
     identity unless drawn, and on the drawn op the arithmetic is PIL's, as in the per-op reference
     (float32, truncating store), so each sample gets exactly its op. `branch`: route only the samples that
-    drew a statistics op through those ops (a DALI conditional: 18 more operators per stage, about a third
-    of the per-sample work; pays off when the iteration's batch is large on the CPU backend)."""
+    drew a statistics op through those ops (a DALI conditional: 14 more operators per stage; pays off when
+    the iteration's batch is large on the CPU backend, see pipeline.BRANCH_MIN_BATCH)."""
     y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
     kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") if q in p}
     stats = lambda y, **w: _statistics_ops(y, **w, hw=hw, channels=channels)  # noqa: E731
