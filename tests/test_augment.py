@@ -11,7 +11,7 @@ from nvidia.dali import fn, pipeline_def
 sys.path.insert(0, str(Path(__file__).parent))
 from _aug_reference import ref_cutout, ref_equalize_opencv, ref_op, ref_pad_crop  # noqa: E402
 
-from fastssl.data.augment import OP_RANGES, AugmentConfig, run_op, strong_view, weak_view  # noqa: E402
+from fastssl.data.augment import OP_RANGES, AugmentConfig, ViewParams, run_op, views  # noqa: E402
 
 
 def _images(c=3):
@@ -94,13 +94,16 @@ def test_cutout_matches_usb_exactly(side, cx, cy):
     assert _diff(out, ref)[0] == 0
 
 
-def _run_view(x, view, n, seed=3):
-    """Applies a view fragment to `n` copies of the single image `x` on DALI's CPU backend."""
-    batch = [x] * n
+def _run_view(x, cfg, n, strong=False, seed=3):
+    """One weak (or strong) uint8 view of `n` copies of the single image `x` on DALI's CPU backend, with the
+    loader's per-sample draws (`ViewParams`)."""
+    batch, hw, c = [x] * n, x.shape[:2], x.shape[2]
 
-    @pipeline_def(batch_size=n, num_threads=1, device_id=None, seed=seed, enable_conditionals=True)
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None, enable_conditionals=True)
     def pipe():
-        return view(fn.external_source(source=lambda: batch, batch=True, layout="HWC"))
+        params = ViewParams(cfg, hw, c, int(not strong), int(strong), key=(seed,)).nodes(per_step=n)
+        img = fn.external_source(source=lambda: batch, batch=True, layout="HWC")
+        return views(img, cfg, hw, c, None, None, int(not strong), int(strong), params)[0]
 
     p = pipe()
     p.build()
@@ -114,7 +117,7 @@ RAMP = (np.arange(32)[:, None, None] * 8 + np.arange(32)[None, :, None] * 3 + np
 
 def test_pad_crop_is_a_window_of_the_reflect_padded_image():
     cfg = AugmentConfig(flip_prob=0.0)
-    out = _run_view(RAMP, lambda d: weak_view(d, cfg, (32, 32)), 128)
+    out = _run_view(RAMP, cfg, 128)
     seen = set()
     for o in out:
         hits = [(dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(o, ref_pad_crop(RAMP, 4, dy, dx))]
@@ -125,11 +128,11 @@ def test_pad_crop_is_a_window_of_the_reflect_padded_image():
 
 
 def test_flip_exact_and_probability():
-    always = _run_view(RAMP, lambda d: weak_view(d, AugmentConfig(flip_prob=1.0, crop_pad_frac=0.0), (32, 32)), 8)
+    always = _run_view(RAMP, AugmentConfig(flip_prob=1.0, crop_pad_frac=0.0), 8)
     assert all(np.array_equal(o, RAMP[:, ::-1]) for o in always)
-    never = _run_view(RAMP, lambda d: weak_view(d, AugmentConfig(flip_prob=0.0, crop_pad_frac=0.0), (32, 32)), 8)
+    never = _run_view(RAMP, AugmentConfig(flip_prob=0.0, crop_pad_frac=0.0), 8)
     assert all(np.array_equal(o, RAMP) for o in never)
-    half = _run_view(RAMP, lambda d: weak_view(d, AugmentConfig(flip_prob=0.5, crop_pad_frac=0.0), (32, 32)), 256)
+    half = _run_view(RAMP, AugmentConfig(flip_prob=0.5, crop_pad_frac=0.0), 256)
     flipped = np.mean([np.array_equal(o, RAMP[:, ::-1]) for o in half])
     assert 0.38 < flipped < 0.62  # Binomial(256, 0.5): ±3.7σ
 
@@ -142,7 +145,7 @@ def _strong_only(**kw):
 def test_magnitude_is_drawn_per_sample_over_the_range():
     """Brightness on a flat 200 image gives floor(200 v): one value per sample, spread over USB's range."""
     cfg = _strong_only(ops=("Brightness",))
-    out = _run_view(np.full((32, 32, 3), 200, np.uint8), lambda d: strong_view(d, cfg, (32, 32), 3), 256)
+    out = _run_view(np.full((32, 32, 3), 200, np.uint8), cfg, 256, strong=True)
     per_sample = out.reshape(256, -1)
     assert np.all(per_sample.min(1) == per_sample.max(1))
     v = per_sample[:, 0] / 200.0
@@ -153,7 +156,7 @@ def test_magnitude_is_drawn_per_sample_over_the_range():
 
 def test_posterize_bits_uniform_over_4_to_7():
     cfg = _strong_only(ops=("Posterize",))
-    out = _run_view(np.full((8, 8, 3), 255, np.uint8), lambda d: strong_view(d, cfg, (8, 8), 3), 256)
+    out = _run_view(np.full((8, 8, 3), 255, np.uint8), cfg, 256, strong=True)
     values, counts = np.unique(out[:, 0, 0, 0], return_counts=True)
     assert values.tolist() == [240, 248, 252, 254] and counts.min() > 40  # expected 64 each
 
@@ -162,7 +165,7 @@ def test_op_selection_is_per_sample():
     """A pool of Identity and Solarize(threshold < 256 inverts 255): both outcomes occur in one batch,
     about half each; with two stages, all four combinations (0, 255, 255, 0)."""
     cfg = _strong_only(ops=("Identity", "Solarize"))
-    out = _run_view(np.full((4, 4, 3), 255, np.uint8), lambda d: strong_view(d, cfg, (4, 4), 3), 256)
+    out = _run_view(np.full((4, 4, 3), 255, np.uint8), cfg, 256, strong=True)
     inverted = np.mean(out[:, 0, 0, 0] == 0)
     assert 0.38 < inverted < 0.62
 
@@ -171,7 +174,7 @@ def test_cutout_area_in_range():
     """Cutout side int(v)+1 px, v ~ U(0, 0.5·32): every sample has one grey square of side 1..17 (clipped
     at the right/bottom edges), and the mean unclipped side is about 8.5."""
     cfg = _strong_only(num_ops=0, cutout_max_frac=0.5)
-    out = _run_view(np.zeros((32, 32, 3), np.uint8), lambda d: strong_view(d, cfg, (32, 32), 3), 256)
+    out = _run_view(np.zeros((32, 32, 3), np.uint8), cfg, 256, strong=True)
     sides = []
     for o in out:
         m = np.all(o == (125, 123, 114), axis=-1)
@@ -187,8 +190,8 @@ def test_cutout_area_in_range():
 def test_strong_differs_from_weak_and_keeps_shape():
     cfg = AugmentConfig(flip_prob=0.5)
     x = _images()[0]
-    w = _run_view(x, lambda d: weak_view(d, cfg, (32, 32)), 16)
-    s = _run_view(x, lambda d: strong_view(d, cfg, (32, 32), 3), 16)
+    w = _run_view(x, cfg, 16)
+    s = _run_view(x, cfg, 16, strong=True)
     assert s.shape == w.shape == (16, 32, 32, 3) and s.dtype == np.uint8
     assert np.mean([not any(np.array_equal(a, b) for b in w) for a in s]) > 0.9
 
@@ -213,3 +216,24 @@ def test_gpu_op_matches_cpu_op(name, mags):
         assert frac <= 0.01 and (mx <= 1 or name in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"))
     cut = dict(cx=[3.3, 30.0], cy=[20.1, 31.5])
     assert _diff(run_op(x, "Cutout", [10.7, 5.2], device="gpu", **cut), run_op(x, "Cutout", [10.7, 5.2], **cut))[0] == 0
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_each_sample_gets_exactly_its_own_op(branch):
+    """One stage over a batch whose samples draw different ops (the whole pool, up to two magnitudes each): every
+    sample equals PIL's result of its own op, i.e. the identity values of the ops not drawn are exact. Same
+    with the statistics ops in a conditional branch."""
+    base = _images()
+    names, mags, imgs = [], [], []
+    exact = {**dict(EXACT_CASES), "AutoContrast": [0.0], "Equalize": [0.0]}  # no pixel-edge ties for warps
+    for i, name in enumerate(OP_RANGES):
+        for j, v in enumerate(exact[name][-2:]):
+            names.append(name)
+            mags.append(v)
+            imgs.append(base[(i + j) % 2])
+    x = np.stack(imgs)
+    out = run_op(x, names, np.array(mags, np.float32), branch=branch)
+    for o, a, name, v in zip(out, x, names, np.float32(mags)):
+        ref = ref_equalize_opencv(a) if name == "Equalize" else ref_op(a, name, float(v))
+        mx, frac = _diff(o, ref)
+        assert mx <= (1 if name == "AutoContrast" else 0), (name, v, mx, frac)

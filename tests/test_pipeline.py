@@ -6,7 +6,7 @@ from PIL import Image
 
 from fastssl.data.augment import AugmentConfig
 from fastssl.batch import SSLBatch, ViewSpec
-from fastssl.data.pipeline import EpochSampler, EvalLoader, TrainLoader
+from fastssl.data.pipeline import EpochSampler, EvalLoader, TrainLoader, _KeepAlive
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 NO_AUG = AugmentConfig(flip_prob=0.0, crop_pad_frac=0.0, num_ops=0, cutout_max_frac=0.0)
@@ -118,6 +118,124 @@ def test_exact_resume_from_checkpoint():
             assert torch.equal(te, tg)
     with pytest.raises(KeyError, match="state_dict"):
         fresh.load_state_dict({})
+
+
+def _all(batch):
+    return [t.clone() for t in batch[:6]]
+
+
+def test_batches_do_not_depend_on_steps_per_run_and_resume_mid_iteration():
+    """k steps per DALI iteration hand out the batches of k = 1, bit for bit; a state saved in the middle of
+    an iteration (step 5 with k = 4) resumes exactly, also into a loader with another k."""
+    aug = AugmentConfig(flip_prob=0.5)
+    ref = _take(_loader(aug=aug, views=ViewSpec(2, 1), steps_per_run=1)[0], 11)
+    four, _, _ = _loader(aug=aug, views=ViewSpec(2, 1), steps_per_run=4)
+    got = _take(four, 5)
+    state = four.state_dict()
+    assert state == {"step": 5}
+    got += _take(four, 6)
+    for k in (4, 3, 1):
+        fresh, _, _ = _loader(aug=aug, views=ViewSpec(2, 1), steps_per_run=k)
+        fresh.load_state_dict(state)
+        resumed = _take(fresh, 6)
+        for e, g in zip(ref[5:], resumed):
+            assert all(torch.equal(a, b) for a, b in zip(e, g)), k
+    for e, g in zip(ref, got):
+        assert all(torch.equal(a, b) for a, b in zip(e, g))
+
+
+def test_statistics_branch_gives_the_same_batches():
+    """Large CPU iterations route the statistics ops through a DALI conditional (BRANCH_MIN_BATCH): same
+    batches, bit for bit, as the unbranched graph (here k = 11: 132 unlabeled rows per iteration)."""
+    aug = AugmentConfig(flip_prob=0.5)
+    branched, _, _ = _loader(aug=aug, steps_per_run=11)
+    assert branched._specs["ulb"]["branch"] and not _loader(aug=aug, steps_per_run=1)[0]._specs["ulb"]["branch"]
+    for e, g in zip(_take(_loader(aug=aug, steps_per_run=1)[0], 11), _take(branched, 11)):
+        assert all(torch.equal(a, b) for a, b in zip(e, g))
+
+
+def test_default_steps_per_run_fills_a_small_budget():
+    """Small batches are grouped (the fixed per-iteration cost is shared); large ones are not."""
+    assert _loader()[0].steps_per_run == 8
+    x, y = _data(600, hw=32)
+    big = TrainLoader(x[:100], y[:100], x, y, batch_size=64, uratio=7, views=ViewSpec(), aug=NO_AUG, mean=MEAN,
+                      std=STD, seed=0, num_threads=1)
+    assert big.steps_per_run == 1
+
+
+class _FakeEvent:
+    """A CUDA event stand-in: `done` says whether the GPU is past it; synchronize() makes it so."""
+
+    made: list = []
+
+    def __init__(self):
+        self.done, self.recorded = False, False
+        _FakeEvent.made.append(self)
+
+    def record(self):
+        self.recorded = True
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.done = True
+
+
+def test_keepalive_holds_outputs_until_the_stream_is_past_their_readers():
+    """An iteration's outputs (last step s) stay referenced until an event recorded when step
+    s + in_flight + 1 is handed out has completed; past max_held iterations the oldest is waited for."""
+    _FakeEvent.made = []
+    keep = _KeepAlive(in_flight=2, event=_FakeEvent, max_held=3)
+    keep.hold("it0", last_step=3)  # steps 0..3
+    for step in range(0, 6):
+        keep.handed_out(step)
+    assert [e[0] for e in keep.held] == ["it0"] and not _FakeEvent.made  # steps 4, 5 may still be reading it
+    keep.handed_out(6)
+    assert len(_FakeEvent.made) == 1 and _FakeEvent.made[0].recorded and len(keep.held) == 1  # GPU not past
+    keep.handed_out(7)
+    assert len(keep.held) == 1
+    _FakeEvent.made[0].done = True
+    keep.handed_out(8)
+    assert not keep.held
+    for i in range(4):  # the GPU never catches up: iterations 1..4, one step each
+        keep.hold(f"it{i + 1}", last_step=9 + i)
+        keep.handed_out(9 + i)
+    keep.handed_out(13), keep.handed_out(14), keep.handed_out(15)
+    assert [e[0] for e in keep.held] == ["it2", "it3", "it4"]  # it1 waited for (synchronize), the rest held
+    assert _FakeEvent.made[1].done and not any(e.done for e in _FakeEvent.made[2:])
+    cpu = _KeepAlive(in_flight=0)
+    cpu.hold("x", last_step=0)
+    cpu.handed_out(0)
+    assert cpu.held
+    cpu.handed_out(1)
+    assert not cpu.held
+
+
+def test_eval_batch_size_error_names_the_real_option():
+    x, y = _data(8)
+    with pytest.raises(ValueError, match="--data.eval_batch_size=3 is not divisible by world_size=2"):
+        EvalLoader(x, y, batch_size=3, mean=MEAN, std=STD, world_size=2)
+
+
+@pytest.mark.gpu
+def test_gpu_batch_stays_valid_while_the_stream_still_reads_it():
+    """The host runs ahead of the GPU: batch 0 is read by a kernel queued behind a long sleep, the host drops
+    its references and pulls many later batches (DALI reuses freed buffers). The kernel must still see batch
+    0 as it was."""
+    loader, _, _ = _loader(aug=AugmentConfig(flip_prob=0.5), device=torch.device("cuda"), steps_per_run=2)
+    b = next(loader)
+    torch.cuda.synchronize()
+    want = [t.clone() for t in b[:6]]
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time on the current stream
+    seen = [t * 1 if t.is_floating_point() else t + 0 for t in b[:6]]  # runs after the sleep
+    del b
+    for _ in range(40):
+        later = next(loader)
+        _ = later.x_ulb_s.sum()  # a consumer: the host keeps queueing work
+    torch.cuda.synchronize()
+    for w, s in zip(want, seen):
+        assert torch.equal(w, s)
 
 
 def test_memmap_input(tmp_path):
@@ -233,7 +351,7 @@ def test_no_unlabeled_views_builds_no_unlabeled_pipeline():
     y = np.arange(40) % 4
     loader = TrainLoader(x, y, x, y, batch_size=4, uratio=3, views=ViewSpec(0, 0), aug=AugmentConfig(flip_prob=0.0),
                          mean=(0.5,) * 3, std=(0.25,) * 3, seed=0)
-    assert set(loader.state_dict()) == {"lb"}
+    assert set(loader._pipes) == {"lb"}
     b = next(iter(loader))
     assert b.x_lb.shape == (4, 3, 8, 8) and b.x_ulb_w.shape == (0, 3, 8, 8) and b.x_ulb_s.shape == (0, 3, 8, 8)
     assert b.idx_ulb.shape == (0,) and b.y_ulb.dtype == torch.int64

@@ -22,23 +22,18 @@ def _ops(pipe) -> Counter:
     """(schema name, device) → count over the pipeline's Python graph (built, not run)."""
     if not (hasattr(pipe, "_build_graph") and hasattr(pipe, "_ops")):  # DALI internals, as of DALI 2.4
         pytest.skip("this DALI has no Pipeline._build_graph/_ops to inspect the graph without running it")
-    pipe._build_graph()
-    ops = Counter()
-    for node in pipe._ops:
-        op = node._op
-        ops[(op.schema.Name() if op.schema is not None else type(op).__name__, op.device)] += 1
-    return ops
+    return P.operator_counts(pipe)
 
 
-def _train(gpu: bool, *, channels=3, encoded=False, num_weak=1, num_strong=1):
+def _train(gpu: bool, *, channels=3, encoded=False, num_weak=1, num_strong=1, aug=AugmentConfig(flip_prob=0.5)):
     x = np.zeros((16, 32, 32, channels), np.uint8)
     y = np.zeros(16, np.int64)
     files = [f"/nonexistent/{i}.jpg" for i in range(16)] if encoded else None  # read only when run
     source = P._Source(None if encoded else x, y, P.EpochSampler(16, 8, 0, 1), files)
-    return P._train_graph(source, hw=(32, 32), channels=channels, aug=AugmentConfig(flip_prob=0.5),
+    return P._train_graph(source, hw=(32, 32), channels=channels, aug=aug,
                           mean=np.full(channels, 127.0), std=np.full(channels, 64.0), num_weak=num_weak,
                           num_strong=num_strong, gpu=gpu, encoded=encoded, batch_size=8, num_threads=1,
-                          device_id=0 if gpu else None, seed=1, prefetch_queue_depth=2, enable_checkpointing=True)
+                          device_id=0 if gpu else None, prefetch_queue_depth=2)
 
 
 def _eval(gpu: bool, *, encoded=False):
@@ -81,3 +76,24 @@ def test_gpu_and_cpu_graphs_are_one_definition(graph):
     assert image(gpu) == image(cpu)
     assert {dev for (name, dev) in gpu if name in IMAGE_OPS} <= {"gpu", "mixed"}
     assert {dev for (name, dev) in cpu} == {"cpu"}
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_operator_count_is_bounded_and_independent_of_the_pool(gpu):
+    """DALI pays per operator per iteration, not per sample. The FixMatch unlabeled pipeline (weak + strong,
+    3 RandAugment ops) has at most 220 operators (measured 211; 761 with per-op conditionals), a stage adds
+    at most 65, and the pool's size adds none (per-sample parameters, not per-op branches)."""
+    n = {k: sum(_ops(_train(gpu, aug=AugmentConfig(flip_prob=0.5, num_ops=k))).values()) for k in (0, 1, 3)}
+    assert n[3] <= 220 and n[3] - n[0] <= 3 * 65 and n[3] - n[1] == 2 * (n[1] - n[0])
+    one_op = AugmentConfig(flip_prob=0.5, num_ops=3, ops=("Identity",))
+    assert sum(_ops(_train(gpu, aug=one_op)).values()) == n[3]
+
+
+def test_statistics_branch_operator_bound():
+    """The CPU graph for large iterations (statistics ops in a conditional) stays under 260 operators
+    (measured 253 with 3 ops)."""
+    src = P._Source(np.zeros((16, 32, 32, 3), np.uint8), np.zeros(16), P.EpochSampler(16, 8, 0, 1))
+    pipe = P._train_graph(src, hw=(32, 32), channels=3, aug=AugmentConfig(flip_prob=0.5), mean=np.full(3, 127.0),
+                          std=np.full(3, 64.0), num_weak=1, num_strong=1, gpu=False, encoded=False, branch=True,
+                          batch_size=8, num_threads=1, device_id=None, prefetch_queue_depth=2)
+    assert sum(_ops(pipe).values()) <= 260

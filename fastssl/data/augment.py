@@ -58,14 +58,21 @@ Deviations from the PIL reference, each pinned by a test in ``tests/test_augment
 - Single-channel images (digits, MNIST): Color is the identity (PIL's grey of a grey image is itself),
   Contrast's centre is the channel mean, Cutout fills with the mean of ``cutout_fill``.
 
-Cost (DALI CPU backend, 2 threads, a 2-core machine shared at load ~9, CIFAR-sized 32x32, 448 images,
-median of 3 rounds of 10 batches): weak ≈ 26 ms CPU per batch; weak + strong (num_ops=3) ≈ 166 ms, with
-num_ops=2 ≈ 128 ms, vs DALI's own ``rand_augment(n=2, m=10)`` + erase (one fixed magnitude) ≈ 109 ms in
-the same run. The op selection uses DALI conditionals: each sample runs only its own op.
+Structure: one RandAugment stage is ONE fixed chain of DALI operators for every sample (`stage`): a warp
+with a per-sample matrix (the identity unless Rotate/Shear/Translate was drawn), the ops that read image
+statistics (a PIL-style blend whose degenerate image and factor are per-sample weights, AutoContrast,
+Equalize), then Brightness, Posterize and Solarize, each switched by a per-sample weight that makes it an
+exact identity when not drawn. All draws (op, magnitude, crop, flip, Cutout box) and the arithmetic that
+turns them into matrices and weights are vectorised numpy in `ViewParams` (host), so the graph holds image
+operators only. DALI's cost per iteration is mostly per operator: a strong view with 3 ops went from 761
+operators (a 14-way conditional per stage) to 211. Every sample then runs every op's arithmetic, which on
+the CPU backend costs more per sample than running only its own op; for large CPU iterations the
+statistics ops sit in one 2-way conditional (`branch`), taken only by the samples that drew one (see
+pipeline.BRANCH_MIN_BATCH for the measured trade-off).
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -81,23 +88,150 @@ OP_RANGES: dict[str, tuple[float, float]] = {
 """USB's ``augment_list()``: the magnitude of each op is drawn uniformly from [lo, hi] per sample."""
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- per-sample parameters, drawn on the host
+
+CROP = ("crop_y", "crop_x", "mirror")
+"""a view's crop/flip parameters: crop position as k / 2·pad (DALI scales it back to the offset k), flip 0/1"""
+STAGE_HOST = ("M", "heavy")
+"""a RandAugment stage's per-sample operator arguments (host): warp matrix, and 1 for the ops that need the
+image statistics branch (Color, Contrast, Sharpness, AutoContrast, Equalize)"""
+STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "a", "e", "pd", "t")
+"""a RandAugment stage's per-sample arithmetic weights (on the images' device; see `stage_params`)"""
 
 
-def _on(node: DataNode, like: DataNode) -> DataNode:
-    """A per-sample parameter computed on the CPU, moved to the device of `like` for arithmetic."""
-    return node.gpu() if like.device == "gpu" else node
+def stage_device(channels: int) -> tuple[str, ...]:
+    """`STAGE_DEVICE` less the Color weight on single-channel images (Color is the identity there)."""
+    return STAGE_DEVICE if channels == 3 else tuple(q for q in STAGE_DEVICE if q != "wg")
 
 
-def _to_u8(x: DataNode) -> DataNode:
-    """float → uint8 with PIL's truncating, saturating store (DALI's cast rounds and saturates, so floor
-    first). Arithmetic promotes uint8 to float by itself: an explicit cast or clamp would be another full
-    pass over the batch (measured: 3x the cost of the expression on the CPU backend)."""
-    return fn.cast(dmath.floor(x), dtype=types.UINT8)
+def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
+    """One RandAugment stage's per-sample parameters for op `names[i]` at magnitude `mags[i]` (USB units).
+    Every op of the pool is a parameter of one fixed chain of DALI operators, and an op not drawn gets its
+    identity value, so the graph has no per-op branches:
+
+    - M (2, 3): the inverse affine matrix of Rotate/ShearX/ShearY/TranslateX/TranslateY (PIL's, float64
+      here, float32 in DALI), else the identity;
+    - heavy: 1 for the ops that read image statistics, run (only for those samples) in one DALI
+      conditional branch: blend PIL-style with the degenerate image ``ws·smooth + wg·grey +
+      wc·round(mean grey)`` by factor v, AutoContrast on/off (a), Equalize on/off (e);
+    - vb: Brightness' factor (a blend with black), 1 otherwise: an exact identity on integers;
+    - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (256 = none)."""
+    names, m = np.asarray(names), np.asarray(mags, np.float64)
+    n, (h, w) = len(names), hw
+    M = np.zeros((n, 2, 3))
+    M[:, 0, 0] = M[:, 1, 1] = 1.0
+    rot = names == "Rotate"  # PIL: counter-clockwise by v degrees about (w/2, h/2), inverse map
+    t = np.where(rot, -m * np.pi / 180.0, 0.0)
+    c, s, cx, cy = np.cos(t), np.sin(t), w / 2.0, h / 2.0
+    M[rot] = np.stack([c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy], -1).reshape(n, 2, 3)[rot]
+    M[names == "ShearX", 0, 1] = m[names == "ShearX"]
+    M[names == "ShearY", 1, 0] = m[names == "ShearY"]
+    M[names == "TranslateX", 0, 2] = m[names == "TranslateX"] * w
+    M[names == "TranslateY", 1, 2] = m[names == "TranslateY"] * h
+    colour = (names == "Color") & (channels == 3)  # PIL's grey of a grey image is itself: Color = identity
+    blend = colour | (names == "Contrast") | (names == "Sharpness")
+    heavy = blend | (names == "AutoContrast") | (names == "Equalize")
+    post = names == "Posterize"
+    pd = np.where(post, 2.0 ** (8 - np.floor(np.where(post, m, 8.0))), 1.0)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
+            "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
+            "ws": f32(names == "Sharpness"), "a": f32(names == "AutoContrast"), "e": f32(names == "Equalize"),
+            "pd": f32(pd),
+            "t": f32(np.where(names == "Solarize", m, 256.0))}
+
+
+def cutout_box(side, cx, cy, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """USB's CutoutAbs of side `side` px centred at (cx, cy) as erase (anchor, shape), each (n, 2) (y, x):
+    PIL's inclusive rectangle from int(max(0, c - side/2)) to that + side, clipped to the image."""
+    h, w = hw
+    side, cx, cy = (np.asarray(a, np.float64) for a in (side, cx, cy))
+    x0, y0 = np.floor(np.maximum(cx - side / 2.0, 0.0)), np.floor(np.maximum(cy - side / 2.0, 0.0))
+    x1 = np.minimum(np.floor(x0 + side), w - 1.0) + 1.0  # exclusive end
+    y1 = np.minimum(np.floor(y0 + side), h - 1.0) + 1.0
+    return np.stack([y0, x0], -1).astype(np.float32), np.stack([y1 - y0, x1 - x0], -1).astype(np.float32)
+
+
+class ViewParams:
+    """Every random choice of `num_weak` weak and `num_strong` strong views, per sample, drawn with numpy as
+    a pure function of (key, step): the DALI graph holds no random operators, so a loader resumes at any
+    step by asking for that step's draws again, and the draws do not depend on how many steps one DALI
+    iteration makes. `host_names` feed operator arguments (CPU), `device_names` feed arithmetic; `branch`:
+    the graph is built with `stage`'s branch (which reads the "heavy" flags)."""
+
+    def __init__(self, cfg: AugmentConfig, hw: tuple[int, int], channels: int, num_weak: int, num_strong: int,
+                 key: tuple[int, ...], branch: bool = False):
+        self.cfg, self.hw, self.channels, self.nw, self.ns, self.key = cfg, hw, channels, num_weak, num_strong, key
+        self.host_names, self.device_names = [], []
+        for j in range(num_weak):
+            self.host_names += [f"w{j}.{k}" for k in CROP]
+        for j in range(num_strong):
+            self.host_names += [f"s{j}.{k}" for k in CROP]
+            for k in range(cfg.num_ops):
+                self.host_names += [f"s{j}.{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
+                self.device_names += [f"s{j}.{k}.{q}" for q in stage_device(channels)]
+            if cfg.cutout_max_frac > 0:
+                self.host_names += [f"s{j}.cut_anchor", f"s{j}.cut_shape"]
+
+    def draw(self, step: int, n: int) -> dict[str, np.ndarray]:
+        """The draws of `n` samples at `step`."""
+        cfg, (h, w) = self.cfg, self.hw
+        rng = np.random.default_rng([*self.key, step])
+        out = {}
+
+        def crop(prefix):  # offset k ∈ {0..2p} uniform per axis, as k / 2p
+            for name, p in (("crop_y", int(cfg.crop_pad_frac * h)), ("crop_x", int(cfg.crop_pad_frac * w))):
+                out[prefix + name] = (rng.integers(0, 2 * p + 1, n) / (2 * p) if p else np.zeros(n)).astype(np.float32)
+            out[prefix + "mirror"] = (rng.random(n) < (cfg.flip_prob or 0.0)).astype(np.int32)
+
+        for j in range(self.nw):
+            crop(f"w{j}.")
+        pool = np.asarray(cfg.ops)
+        lo, hi = np.array([OP_RANGES[o] for o in cfg.ops]).T if len(pool) else (None, None)
+        for j in range(self.ns):
+            crop(f"s{j}.")
+            for k in range(cfg.num_ops):  # op uniform over the pool (with replacement), magnitude uniform
+                i, u = rng.integers(0, len(pool), n), rng.random(n)
+                mags = (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32)
+                p = stage_params(pool[i], mags, self.hw, self.channels)
+                out.update({f"s{j}.{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels)})
+            if cfg.cutout_max_frac > 0:
+                side = rng.uniform(0.0, cfg.cutout_max_frac, n) * w
+                cx, cy = rng.uniform(0.0, w, n), rng.uniform(0.0, h, n)
+                out[f"s{j}.cut_anchor"], out[f"s{j}.cut_shape"] = cutout_box(side, cx, cy, self.hw)
+        return out
+
+    def nodes(self, per_step: int, steps_per_run: int = 1, start: int = 0, gpu: bool = False) -> dict:
+        """name → DataNode: two external sources (host arguments; arithmetic weights on the images' device)
+        whose DALI iteration i carries steps (start + i)·steps_per_run … + steps_per_run - 1, `per_step`
+        samples each, in order."""
+        cache: dict[int, dict] = {}
+
+        def batch(names):
+            def source(info):
+                c = info.iteration + start
+                if c not in cache:
+                    if len(cache) > 8:
+                        cache.clear()
+                    d = [self.draw(s, per_step) for s in range(c * steps_per_run, (c + 1) * steps_per_run)]
+                    cache[c] = {k: np.concatenate([x[k] for x in d]) for k in d[0]}
+                return [cache[c][k] for k in names]
+            return source
+
+        out = {}
+        for names, device in ((self.host_names, "cpu"), (self.device_names, "gpu" if gpu else "cpu")):
+            if names:
+                nodes = fn.external_source(source=batch(names), num_outputs=len(names), batch=True,
+                                           batch_info=True, device=device)
+                out.update(zip(names, nodes))
+        return out
+
+
+# ---------------------------------------------------------------- DALI fragments
 
 
 def _grey(x: DataNode, channels: int) -> DataNode:
-    """PIL's RGB → "L": (19595 R + 38470 G + 7471 B + 2^15) >> 16, as float (H, W, 1)."""
+    """PIL's RGB → "L": (19595 R + 38470 G + 7471 B + 2^15) >> 16, as an integer (H, W, 1)."""
     if channels == 1:
         return x
     w = types.Constant(np.array([19595, 38470, 7471], dtype=np.int32))
@@ -105,122 +239,57 @@ def _grey(x: DataNode, channels: int) -> DataNode:
     return (s + 32768) // 65536
 
 
-def _blend(degenerate: DataNode, x: DataNode, v: DataNode) -> DataNode:
-    """PIL's Image.blend(degenerate, x, v): truncate(degenerate + v * (x - degenerate)); v ∈ [0, 1] keeps
-    the result inside [0, 255]."""
-    return _to_u8(degenerate + _on(v, x) * (x - degenerate))
-
-
-def _c(a) -> DataNode:
-    return types.Constant(np.asarray(a, dtype=np.float32))
-
-
-def _warp(x: DataNode, mat: DataNode, fill: int) -> DataNode:
-    """Nearest-neighbour affine warp with PIL's convention: source = M @ (dst + 0.5), per-sample M (2, 3).
-    Each M is one arithmetic expression of the magnitude and constant (2, 3) arrays (one operator; a
-    fn.stack of six scalars costs several per branch of the op selection)."""
-    return fn.warp_affine(x, matrix=mat, fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
-
-
-# ---------------------------------------------------------------- the ops: (x uint8 HWC, v per-sample float) → uint8
-
-
-def auto_contrast(x, v, *, hw, channels, fill):
-    lo = fn.reductions.min(x, axis_names="HW", keep_dims=True)  # (1, 1, C) uint8
-    hi = fn.reductions.max(x, axis_names="HW", keep_dims=True)
-    flat = hi == lo  # a single-valued channel stays unchanged (then x - lo = 0 and flat * x = x)
-    return _to_u8((x - lo) * (255.0 / (hi - lo + flat)) + flat * x)
-
-
-def brightness(x, v, *, hw, channels, fill):
-    return _blend(0.0, x, v)
-
-
-def color(x, v, *, hw, channels, fill):
-    return x if channels == 1 else _blend(_grey(x, channels), x, v)
-
-
-def contrast(x, v, *, hw, channels, fill):
-    mean = fn.reductions.mean(_grey(x, channels), axis_names="HWC", keep_dims=True)
-    return _blend(dmath.floor(mean + 0.5), x, v)  # PIL: int(mean + 0.5)
-
-
-def equalize(x, v, *, hw, channels, fill):
-    return fn.equalize(x)
-
-
-def identity(x, v, *, hw, channels, fill):
-    return x
-
-
-def posterize(x, v, *, hw, channels, fill):
-    bits = dmath.floor(v)  # USB: int(v), v ∈ [4, 8)
-    mask = fn.cast(256.0 - dmath.pow(2.0, 8.0 - bits), dtype=types.UINT8)
-    return x & _on(mask, x)
-
-
-def rotate(x, v, *, hw, channels, fill):
-    # PIL: counter-clockwise about (w/2, h/2); inverse matrix [[c, s, cx - c·cx - s·cy], [-s, c, cy + s·cx - c·cy]]
-    cx, cy = hw[1] / 2.0, hw[0] / 2.0
-    t = v * (-np.pi / 180.0)
-    mat = (dmath.cos(t) * _c([[1, 0, -cx], [0, 1, -cy]]) + dmath.sin(t) * _c([[0, 1, -cy], [-1, 0, cx]])
-           + _c([[0, 0, cx], [0, 0, cy]]))
-    return _warp(x, mat, fill)
-
-
-def sharpness(x, v, *, hw, channels, fill):
+def _smooth(x: DataNode, hw: tuple[int, int]) -> DataNode:
+    """PIL's SMOOTH filter: rounded (the uint8 output of fn.filter rounds to nearest; a sum/13 is never
+    within float error of a .5), and the 1-px border left as it was."""
     h, w = hw
     k = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
-    smooth = dmath.floor(fn.filter(x, k, dtype=types.FLOAT) + 0.5)  # PIL rounds the filtered value
     inner = np.zeros((h, w, 1), dtype=np.float32)
-    inner[1:-1, 1:-1] = 1.0  # PIL's filter leaves the 1-px border as it was
-    inner = types.Constant(inner, device="gpu" if x.device == "gpu" else "cpu")
-    return _blend(inner * smooth + (1.0 - inner) * x, x, v)
+    inner[1:-1, 1:-1] = 1.0
+    dev = "gpu" if x.device == "gpu" else "cpu"
+    return (types.Constant(inner, device=dev) * fn.filter(x, k, dtype=types.UINT8)
+            + types.Constant(1.0 - inner, device=dev) * x)
 
 
-def shear_x(x, v, *, hw, channels, fill):
-    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 1, 0], [0, 0, 0]]), fill)
+def _statistics_ops(y: DataNode, *, ws, wc, v, a, e, wg=None, hw, channels) -> DataNode:
+    """The ops that read image statistics, for the samples that drew one: PIL's blend with the degenerate
+    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v, then AutoContrast (a) and Equalize (e), each
+    an exact identity when its weight is 0 (v = 1: the blend is the identity on integers)."""
+    grey = _grey(y, channels)
+    deg = ws * _smooth(y, hw) + wc * dmath.floor(
+        fn.reductions.mean(grey, axis_names="HWC", keep_dims=True) + 0.5)  # PIL: int(mean + 0.5)
+    if wg is not None:
+        deg = deg + wg * grey
+    b = deg + v * (y - deg)
+    lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)  # (1, 1, C)
+    hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
+    on = a * (hi != lo)  # a single-valued channel is left as is, like AutoContrast off: lo 0, hi 255
+    lo, hi = lo * on, (hi - 255.0) * on + 255.0
+    b = (b - lo) * (255.0 / (hi - lo))
+    b = b + e * (fn.equalize(y) - b)
+    return _to_u8(b)
 
 
-def shear_y(x, v, *, hw, channels, fill):
-    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 0, 0], [1, 0, 0]]), fill)
+def _to_u8(x: DataNode) -> DataNode:
+    """float → uint8 with PIL's truncating store (DALI's cast rounds and saturates; values are in [0, 255])."""
+    return fn.cast(dmath.floor(x), dtype=types.UINT8)
 
 
-def solarize(x, v, *, hw, channels, fill):
-    keep = x < _on(v, x)  # PIL inverts pixels >= threshold; bool * uint8 stays uint8
-    return keep * x + (keep ^ True) * (types.Constant(255, dtype=types.UINT8) - x)
-
-
-def translate_x(x, v, *, hw, channels, fill):
-    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 0, hw[1]], [0, 0, 0]]), fill)
-
-
-def translate_y(x, v, *, hw, channels, fill):
-    return _warp(x, _c([[1, 0, 0], [0, 1, 0]]) + v * _c([[0, 0, 0], [0, 0, hw[0]]]), fill)
-
-
-OPS: dict[str, Callable] = {
-    "AutoContrast": auto_contrast, "Brightness": brightness, "Color": color, "Contrast": contrast,
-    "Equalize": equalize, "Identity": identity, "Posterize": posterize, "Rotate": rotate,
-    "Sharpness": sharpness, "ShearX": shear_x, "ShearY": shear_y, "Solarize": solarize,
-    "TranslateX": translate_x, "TranslateY": translate_y,
-}
-"""name → DALI fragment applying the op with a given per-sample magnitude (USB units, see OP_RANGES)"""
-
-
-def cutout(x, side, cx, cy, *, hw, channels, fill):
-    """USB's CutoutAbs with side `side` px centred at (cx, cy): PIL's inclusive rectangle from
-    (int(max(0, cx - side/2)), same for y) to (x0 + side, y0 + side), clipped to the image."""
-    h, w = hw
-    x0, y0 = dmath.floor(dmath.max(cx - side / 2.0, 0.0)), dmath.floor(dmath.max(cy - side / 2.0, 0.0))
-    x1 = dmath.min(dmath.floor(x0 + side), float(w - 1)) + 1.0  # exclusive end
-    y1 = dmath.min(dmath.floor(y0 + side), float(h - 1)) + 1.0
-    fill_c = [float(f) for f in fill] if channels == 3 else [float(np.mean(fill))]
-    return fn.erase(x, anchor=fn.stack(y0, x0), shape=fn.stack(y1 - y0, x1 - x0), axis_names="HW",
-                    fill_value=fill_c)
-
-
-# ---------------------------------------------------------------- views
+def stage(x: DataNode, p: dict, *, hw, channels, fill, branch: bool = False) -> DataNode:
+    """One RandAugment stage with `stage_params`'s per-sample parameters `p`: warp; the statistics ops
+    (Color, Contrast, Sharpness, AutoContrast, Equalize); Brightness, Posterize, Solarize. Every op is the
+    identity unless drawn, and on the drawn op the arithmetic is PIL's, as in the per-op reference
+    (float32, truncating store), so each sample gets exactly its op. `branch`: route only the samples that
+    drew a statistics op through those ops (a DALI conditional: 14 more operators per stage; pays off when
+    the iteration's batch is large on the CPU backend, see pipeline.BRANCH_MIN_BATCH)."""
+    y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
+    kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") if q in p}
+    stats = lambda y, **w: _statistics_ops(y, **w, hw=hw, channels=channels)  # noqa: E731
+    y = select([lambda y, **_: y, stats], p["heavy"], y, **kw) if branch else stats(y, **kw)
+    b = p["vb"] * y  # Brightness: PIL's blend with black
+    b = dmath.floor(b / p["pd"]) * p["pd"]  # Posterize keeps the high bits; pd = 1 is Brightness' floor
+    b = b + (b >= p["t"]) * (255.0 - 2.0 * b)  # Solarize: v → 255 - v at and above the threshold
+    return fn.cast(b, dtype=types.UINT8)
 
 
 def reflect_pad(x: DataNode, hw: tuple[int, int], pad_frac: float) -> DataNode:
@@ -237,75 +306,46 @@ def reflect_pad(x: DataNode, hw: tuple[int, int], pad_frac: float) -> DataNode:
     return x
 
 
-def crop_flip(padded: DataNode, cfg: AugmentConfig, hw: tuple[int, int], mean=None, std=None) -> DataNode:
-    """Random crop of size `hw` out of `reflect_pad`'s output (every offset in [0, 2·pad] equally likely,
-    per axis), flipped with probability `flip_prob`, in one crop_mirror_normalize. With mean/std (0–255
-    scale) the result is normalized float32, else uint8."""
-    h, w = hw
-    ph, pw = int(cfg.crop_pad_frac * h), int(cfg.crop_pad_frac * w)
-
-    def pos(p):  # offset k ∈ {0..2p} as crop_pos = k / 2p, which DALI scales back by (2p) and rounds to k
-        return fn.random.uniform(values=[k / (2 * p) for k in range(2 * p + 1)]) if p else 0.0
-
-    mirror = fn.random.coin_flip(probability=cfg.flip_prob, dtype=types.INT32) if cfg.flip_prob > 0 else 0
+def crop_flip(padded: DataNode, p: dict, prefix: str, hw: tuple[int, int], mean=None, std=None) -> DataNode:
+    """Crop of size `hw` out of `reflect_pad`'s output at the drawn offset, flipped where drawn, in one
+    crop_mirror_normalize. With mean/std (0–255 scale) the result is normalized float32, else uint8."""
     norm = dict(dtype=types.UINT8, mean=0.0, std=1.0) if mean is None else dict(
         dtype=types.FLOAT, mean=[float(m) for m in mean], std=[float(s) for s in std])
-    return fn.crop_mirror_normalize(padded, crop=[h, w], crop_pos_y=pos(ph), crop_pos_x=pos(pw), mirror=mirror,
+    return fn.crop_mirror_normalize(padded, crop=list(hw), crop_pos_y=p[prefix + "crop_y"],
+                                    crop_pos_x=p[prefix + "crop_x"], mirror=p[prefix + "mirror"],
                                     output_layout="HWC", **norm)
 
 
-def weak_view(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], mean=None, std=None) -> DataNode:
-    """USB's weak transform on uint8 HWC images of static size `hw`: reflect pad, random crop, flip."""
-    return crop_flip(reflect_pad(x, hw, cfg.crop_pad_frac), cfg, hw, mean, std)
+def cutout(x: DataNode, anchor: DataNode, shape: DataNode, channels: int, fill) -> DataNode:
+    """Fills the (y, x) box `anchor`, `shape` (see `cutout_box`) with `fill` (its mean on grey images)."""
+    fill_c = [float(f) for f in fill] if channels == 3 else [float(np.mean(fill))]
+    return fn.erase(x, anchor=anchor, shape=shape, axis_names="HW", fill_value=fill_c)
 
 
-def rand_augment(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int) -> DataNode:
-    """`num_ops` chained stages; each draws an op (uniform over the pool) and its magnitude (uniform over
-    the op's range) per sample, and routes each sample to its op with DALI conditionals (`select`), so
-    every sample pays for its own op only."""
-    kw = dict(hw=hw, channels=channels, fill=cfg.geometric_fill)
-
-    def bind(name):  # unit draw u ∈ [0, 1) → the op's magnitude range
-        lo, hi = OP_RANGES[name]
-        return lambda data, u: OPS[name](data, lo + (hi - lo) * u, **kw)
-
-    ops = [bind(n) for n in cfg.ops]
-    for _ in range(cfg.num_ops):
-        op_idx = fn.random.uniform(values=list(range(len(ops))), dtype=types.INT32)
-        u = fn.random.uniform(range=[0.0, 1.0])
-        x = select(ops, op_idx, x, u=u) if len(ops) > 1 else ops[0](x, u)
-    return x
-
-
-def random_cutout(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int) -> DataNode:
-    """USB's Cutout(v), v ~ U(0, cutout_max_frac): side v·W px, centre uniform over the image."""
-    if cfg.cutout_max_frac <= 0.0:
-        return x
-    h, w = hw
-    side = fn.random.uniform(range=[0.0, cfg.cutout_max_frac]) * float(w)
-    cx, cy = fn.random.uniform(range=[0.0, float(w)]), fn.random.uniform(range=[0.0, float(h)])
-    return cutout(x, side, cx, cy, hw=hw, channels=channels, fill=cfg.cutout_fill)
-
-
-def strong_view(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean=None, std=None,
-                *, padded: DataNode | None = None) -> DataNode:
-    """USB's strong transform: weak, RandAugment(num_ops) over the pool, Cutout (normalized if mean/std).
-    Pass `padded` (reflect_pad's output) to share the padding with other views of the same images."""
-    padded = reflect_pad(x, hw, cfg.crop_pad_frac) if padded is None else padded
-    x = crop_flip(padded, cfg, hw)
-    if cfg.num_ops > 0:
-        x = rand_augment(x, cfg, hw, channels)
-    x = random_cutout(x, cfg, hw, channels)
+def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: tuple[int, int], channels: int,
+                mean=None, std=None, branch: bool = False) -> DataNode:
+    """USB's strong transform on `reflect_pad`'s output: crop/flip, `num_ops` RandAugment stages, Cutout
+    (normalized if mean/std); `branch` as in `stage`."""
+    x = crop_flip(padded, p, prefix, hw)
+    for k in range(cfg.num_ops):
+        names = [q for q in STAGE_HOST + stage_device(channels) if f"{prefix}{k}.{q}" in p]
+        x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in names}, hw=hw, channels=channels,
+                  fill=cfg.geometric_fill, branch=branch)
+    if cfg.cutout_max_frac > 0:
+        x = cutout(x, p[prefix + "cut_anchor"], p[prefix + "cut_shape"], channels, cfg.cutout_fill)
     return x if mean is None else normalize(x, mean, std)
 
 
 def views(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean, std, num_weak: int,
-          num_strong: int) -> list[DataNode]:
+          num_strong: int, params: dict, branch: bool = False) -> list[DataNode]:
     """`num_weak` weak then `num_strong` strong normalized float32 HWC views of the same uint8 images, with
-    one shared reflect padding; a weak view is a single fused crop/flip/normalize op."""
+    one shared reflect padding; `params` are `ViewParams.nodes` of a ViewParams(cfg, ..., num_weak,
+    num_strong). A weak view is a single fused crop/flip/normalize op; `branch` as in `stage` (needs a
+    pipeline with enable_conditionals=True)."""
     padded = reflect_pad(x, hw, cfg.crop_pad_frac)
-    return ([crop_flip(padded, cfg, hw, mean, std) for _ in range(num_weak)]
-            + [strong_view(x, cfg, hw, channels, mean, std, padded=padded) for _ in range(num_strong)])
+    return ([crop_flip(padded, params, f"w{j}.", hw, mean, std) for j in range(num_weak)]
+            + [strong_view(padded, params, f"s{j}.", cfg, hw, channels, mean, std, branch)
+               for j in range(num_strong)])
 
 
 def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
@@ -317,30 +357,35 @@ def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
 # ---------------------------------------------------------------- running one op alone (tests, debugging)
 
 
-def run_op(images: np.ndarray, name: str, magnitudes, device: str = "cpu", **cutout_params) -> np.ndarray:
-    """Applies one op (or "Cutout", with per-sample arrays `cx`, `cy` and `magnitudes` as the side in px)
-    with fixed per-sample magnitudes to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0
-    (device="gpu"); returns uint8 NHWC on the host."""
-    from nvidia.dali import pipeline_def
+def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bool = False,
+           **cutout_params) -> np.ndarray:
+    """Applies one op (or per-sample ops: a list of names) through the RandAugment `stage` (or "Cutout",
+    with per-sample arrays `cx`, `cy` and `magnitudes` as the side in px) with fixed per-sample magnitudes
+    to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0 (device="gpu"); returns uint8 NHWC."""
+    from fastssl.data._dali import pipeline_def
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
     n, h, w, c = images.shape
     mags = np.broadcast_to(np.asarray(magnitudes, dtype=np.float32), (n,))
-    cols = [list(images), [np.float32(m) for m in mags]]
     if name == "Cutout":
-        cols += [[np.float32(v) for v in cutout_params[k]] for k in ("cx", "cy")]
+        anchor, shape = cutout_box(mags, cutout_params["cx"], cutout_params["cy"], (h, w))
+        host, dev = {"anchor": anchor, "shape": shape}, {}
+    else:
+        p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c)
+        host = {q: p[q] for q in STAGE_HOST if branch or q != "heavy"}
+        dev = {q: p[q] for q in stage_device(c)}
 
-    @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None)
+    @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None, enable_conditionals=True)
     def pipe():
-        x = fn.external_source(source=lambda: cols[0], batch=True, layout="HWC")
+        x = fn.external_source(source=lambda: images, batch=True, layout="HWC")
         x = x.gpu() if device == "gpu" else x
-        v = fn.external_source(source=lambda: cols[1], batch=True)
-        kw = dict(hw=(h, w), channels=c)
+        q = dict(zip(host, fn.external_source(source=lambda: list(host.values()), num_outputs=len(host), batch=True)))
+        if dev:
+            q.update(zip(dev, fn.external_source(source=lambda: list(dev.values()), num_outputs=len(dev),
+                                                 batch=True, device=device)))
         if name == "Cutout":
-            cx = fn.external_source(source=lambda: cols[2], batch=True)
-            cy = fn.external_source(source=lambda: cols[3], batch=True)
-            return cutout(x, v, cx, cy, fill=cutout_params.get("fill", (125, 123, 114)), **kw)
-        return OPS[name](x, v, fill=cutout_params.get("fill", 0), **kw)
+            return cutout(x, q["anchor"], q["shape"], c, cutout_params.get("fill", (125, 123, 114)))
+        return stage(x, q, hw=(h, w), channels=c, fill=cutout_params.get("fill", 0), branch=branch)
 
     p = pipe()
     p.build()
