@@ -72,8 +72,6 @@ pipeline.BRANCH_MIN_BATCH for the measured trade-off).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from fastssl.config import FIXMATCH_POOL, AugmentConfig  # noqa: F401 (the plain config lives on the ground floor)
