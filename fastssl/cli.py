@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from fastssl.train.faults import EXIT_CODES, RunError
+from fastssl.train.errors import EXIT_CODES, RunError
 
 USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] [--SECTION.FIELD=VALUE ...]
        fastssl eval --checkpoint PATH [--data.root DIR]

@@ -17,14 +17,13 @@ imported on the first call of `pseudo_label_ce`, so that reading an algorithm's 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 if TYPE_CHECKING:
-    from fastssl.algorithms.base import AlgorithmConfig
     from fastssl.kernels import PseudoLabelOutput
 
 
@@ -184,7 +183,7 @@ def mcc_loss(logits: Tensor, T: float = 2.5) -> Tensor:
     return (conf.sum() - conf.trace()) / C
 
 
-def regularizers(logits_ulb: Tensor, cfg: AlgorithmConfig) -> tuple[Tensor, dict[str, Tensor]]:
+def regularizers(logits_ulb: Tensor, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """The opt-in add-ons of every SSL algorithm (`entmin_weight`, `cbl_weight`, `mcc_weight` of
     `AlgorithmConfig`) on `logits_ulb` (N, C): the unlabeled weak view's logits *with* gradient (where an
     algorithm has no weak-view pass with gradient, the unlabeled logits that carry it, named in its forward:

@@ -10,22 +10,8 @@ import torch
 
 from fastssl.batch import ViewSpec
 from fastssl.config import AugmentConfig, DataConfig
+from fastssl.data.bundle import DataBundle
 from fastssl.data.registry import DATASETS
-
-
-@dataclasses.dataclass
-class DataBundle:
-    train: Any
-    """TrainLoader: iterates SSLBatch forever"""
-    eval: Any
-    """EvalLoader: one pass yields (x, y, valid) fixed-shape batches"""
-    num_classes: int
-    in_channels: int
-    image_size: int
-    num_lb: int
-    num_ulb: int
-    split: Any
-    split_meta: dict
 
 
 class RowView:

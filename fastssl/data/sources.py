@@ -489,6 +489,18 @@ def _scan_split(split_dir: Path, class_names: list[str]) -> tuple[list[str], np.
     return files, np.asarray(labels, dtype=np.int64)
 
 
+def _check_images(files: list[str], root: str) -> None:
+    """Every image file checked once (cached), before any training: a DatasetError names each bad one (the
+    first 20, and how many in all)."""
+    from fastssl.data.verify import verify_images
+
+    bad = verify_images(files, root)
+    if bad:
+        shown = "\n  ".join(f"{f}: {r}" for f, r in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DatasetError(f"{len(bad)} unreadable image(s) under {root}; fix or remove them:\n  {shown}{more}")
+
+
 def _load_imagefolder(root, image_size: tuple[int, int] | int = 224) -> Dataset:
     """root/train/<class>/*.jpg|jpeg|png and root/val/<class>/... (or test/). Returns sorted FILE lists;
     DALI decodes them. Classes are train's sub-folders in sorted order; labels index into them."""
@@ -510,9 +522,7 @@ def _load_imagefolder(root, image_size: tuple[int, int] | int = 224) -> Dataset:
     empty = [c for i, c in enumerate(class_names) if not np.any(train_y == i)]
     if empty or not test_files:
         raise DatasetError(f"no .jpg/.jpeg/.png images in {', '.join(empty) or test_dir.name}; expected {expected}")
-    from fastssl.data.verify import check_images  # every file checked once (cached), before any training
-
-    check_images(train_files + test_files, str(root))
+    _check_images(train_files + test_files, str(root))
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return Dataset("imagefolder", None, train_y, None, test_y, len(class_names), 3, size,
                    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), class_names,

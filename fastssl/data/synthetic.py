@@ -21,7 +21,7 @@ from torch import Tensor
 
 from fastssl.batch import SSLBatch, ViewSpec
 from fastssl.config import DataConfig
-from fastssl.data.build import DataBundle
+from fastssl.data.bundle import DataBundle
 from fastssl.data.splits import labels_hash, split_labeled
 
 NUM_BATCHES = 4

@@ -77,14 +77,3 @@ def verify_images(files: list[str], root: str, *, threads: int = 16) -> list[tup
         except OSError:
             pass  # a read-only home only costs the check again next run
     return bad
-
-
-def check_images(files: list[str], root: str) -> None:
-    """Raises DatasetError naming every bad file (the first 20, and how many in all)."""
-    from fastssl.data.sources import DatasetError
-
-    bad = verify_images(files, root)
-    if bad:
-        shown = "\n  ".join(f"{f}: {r}" for f, r in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise DatasetError(f"{len(bad)} unreadable image(s) under {root}; fix or remove them:\n  {shown}{more}")

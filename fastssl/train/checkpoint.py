@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastssl.train.faults import RunError
+from fastssl.train.errors import RunError
 
 # Options that may differ between the run that wrote a checkpoint and the one resuming it: where files go,
 # how often things are reported, and speed settings that do not change the arithmetic on CPU.
@@ -71,15 +71,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def checkpoints(folder: str | Path) -> list[Path]:
+    """The `ckpt-<step>.pt` files in `folder`, oldest step first."""
+    found = sorted((int(m.group(1)), p) for p in Path(folder).iterdir() if (m := CKPT_RE.search(p.name)))
+    return [p for _, p in found]
+
+
 def find_checkpoint(path: str | Path, option: str = "--train.resume") -> Path:
     """A checkpoint file, or a run directory's newest `ckpt-<step>.pt`; `option` names where the path came from."""
     path = Path(path)
     if path.is_dir():
-        found = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := CKPT_RE.search(p.name)))
+        found = checkpoints(path)
         if not found:
             raise FileNotFoundError(f"{option}={path}: no ckpt-<step>.pt in this folder; pass a checkpoint "
                                     f"file or the --train.out folder of a run that wrote one")
-        return found[-1][1]
+        return found[-1]
     if not path.is_file():
         raise FileNotFoundError(f"{option}={path}: no such file or folder")
     return path
@@ -111,6 +117,5 @@ def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 
 def prune(folder: Path, keep: int = 2) -> None:
     """Deletes all but the newest `keep` checkpoints in `folder`."""
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.search(p.name)))
-    for _, p in found[:-keep]:
+    for p in checkpoints(folder)[:-keep]:
         p.unlink(missing_ok=True)

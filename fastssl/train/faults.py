@@ -1,6 +1,5 @@
-"""How a run stops when something goes wrong, and the exit code each way of stopping gives (EXIT_CODES,
-printed by `fastssl train --help` and tabled in the README).
-"""
+"""How a run stops when something goes wrong: signals, divergence, strict JSON (the errors and their exit
+codes are in fastssl.train.errors)."""
 from __future__ import annotations
 
 import json
@@ -10,22 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE, EXIT_DIVERGED = 2, 3
-EXIT_CODES = """\
-  0    finished
-  1    an unexpected error (a bug: Python's traceback)
-  2    a bad option, input or output path (one line naming the fix); nothing was trained or overwritten
-  3    training diverged (non-finite loss or weights); no non-finite checkpoint was written
-  143  stopped by SIGTERM, 130 by SIGINT (Ctrl-C): the current step finished, a checkpoint was written;
-       continue with --train.resume=DIR (or =auto). 128+signal, as a shell reports a killed process, so a
-       job script requeues on 143 whether the signal came before the handler was installed or after.
-"""
-
-
-class RunError(Exception):
-    """A run refused or stopped; `fastssl train` prints the message as one line and exits with `code`."""
-    code = EXIT_USAGE
-
+from fastssl.train.checkpoint import checkpoints
+from fastssl.train.errors import EXIT_DIVERGED, RunError
 
 class Preempted(RunError):
     def __init__(self, signum: int, step: int, path: Path | None):
@@ -46,12 +31,8 @@ class Diverged(RunError):
 
 
 def _newest_checkpoint(out: Path | None) -> Path | None:
-    from fastssl.train.checkpoint import CKPT_RE
-
-    if out is None or not Path(out).is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in Path(out).iterdir() if (m := CKPT_RE.search(p.name)))
-    return found[-1][1] if found else None
+    found = checkpoints(out) if out is not None and Path(out).is_dir() else []
+    return found[-1] if found else None
 
 
 def check_metrics(means: dict[str, float], step: int, out: Path | None) -> None:

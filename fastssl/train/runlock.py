@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fastssl.train import checkpoint as ckpt_io
-from fastssl.train.faults import RunError
+from fastssl.train.errors import RunError
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 LOCK = ".lock"
