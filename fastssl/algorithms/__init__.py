@@ -28,6 +28,7 @@ ALGORITHMS: dict[str, str] = {
     "remixmatch": "fastssl.algorithms.remixmatch:ReMixMatch",
     "vat": "fastssl.algorithms.vat:VAT",
     "ict": "fastssl.algorithms.ict:ICT",
+    "refixmatch": "fastssl.algorithms.refixmatch:ReFixMatch",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
