@@ -29,6 +29,7 @@ ALGORITHMS: dict[str, str] = {
     "vat": "fastssl.algorithms.vat:VAT",
     "ict": "fastssl.algorithms.ict:ICT",
     "refixmatch": "fastssl.algorithms.refixmatch:ReFixMatch",
+    "dst": "fastssl.algorithms.dst:DST",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
