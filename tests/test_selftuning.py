@@ -158,3 +158,58 @@ def test_step_and_update_compile_and_are_sync_free():
     torch.testing.assert_close(out.loss, eager.loss)
     for k, v in algo.state_dict().items():
         torch.testing.assert_close(twin.state_dict()[k], v, msg=k)
+
+
+def test_state_round_trips_through_state_dict():
+    model = tiny_net(bn=False)
+    teacher = perturbed_teacher(model)
+    algo = make()
+    for s in range(3):
+        batch = st_batch()._replace(x_ulb_s=torch.randn(8, 3, 6, 6, dtype=torch.float64) * (1 + s))
+        algo.update_state(batch, algo(model, teacher, batch, torch.tensor(s)).state)
+    assert int(algo.queue_ptr.sum()) > 0
+    fresh = make(lambda_u=1.0)
+    with torch.no_grad():
+        fresh.projector.weight.zero_()  # nothing carried over but the state_dict
+    fresh.load_state_dict(algo.state_dict())
+    for k, v in algo.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    batch = st_batch()
+    a, b = algo(model, teacher, batch, torch.tensor(3)), fresh(model, teacher, batch, torch.tensor(3))
+    assert torch.equal(a.loss, b.loss) and all(torch.equal(x, y) for x, y in zip(a.state, b.state))
+
+
+def _rank_worker(rank, store, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    import fastssl.algorithms.selftuning as mod
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        result = {}
+        for synced in (True, False):
+            algo = make()
+            saved = mod.all_gather_cat
+            if not synced:
+                mod.all_gather_cat = lambda t: t  # control: each rank enqueues its own keys only
+            try:
+                g = torch.Generator().manual_seed(100 + rank)  # different batches on the two ranks
+                for _ in range(3):
+                    keys = F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=-1)
+                    algo.update_state(None, SelfTuningState(keys, torch.randint(0, C, (6,), generator=g)))
+            finally:
+                mod.all_gather_cat = saved
+            result[synced] = {k: v.clone() for k, v in algo.state_dict().items()}
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_hold_identical_queues(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_rank_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    for k in r0[True]:
+        assert torch.equal(r0[True][k], r1[True][k]), k
+    assert not torch.equal(r0[False]["queue"], r1[False]["queue"])  # without the gather they differ
