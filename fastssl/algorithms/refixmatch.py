@@ -11,9 +11,9 @@ weak view's full predicted distribution by KL(p_w ‖ softmax(strong)), per samp
 with p_w = softmax(weak logits) (T = 1, detached) and q_s = softmax(strong logits).
 
 Deliberate differences / choices:
-- Rows of the KL term (`refix_rows`): the paper's description is the low-confidence rows (r = 1 − mask,
-  the default "low"); USB's `refixmatch` passes the *confident* mask to this term as well ("high"),
-  which reproduces that code; "all" uses every row.
+- Rows of the KL term (`refix_rows`): by default the low-confidence rows (r = 1 − mask, "low"), the
+  predictions FixMatch discards and the paper sets out to use; USB's `refixmatch` passes the *confident*
+  mask to this term as well ("high" reproduces that code); "all" uses every row.
 - The KL target is the plain softmax of the weak view, as in USB (its `T` only sharpens the soft FixMatch
   target, used with hard_label=false, as here).
 - The mask is max p_w ≥ τ (the fused kernel's convention), as USB's fixed-threshold hook.
@@ -40,7 +40,7 @@ class ReFixMatchConfig(AlgorithmConfig):
     hard_label: bool = True
     """one-hot pseudo-labels (argmax) rather than soft targets in the FixMatch term"""
     refix_rows: str = "low"
-    """rows of the KL(weak ‖ strong) term: low (below τ: the paper), high (at or above τ: USB's code), all"""
+    """rows of the KL(weak ‖ strong) term: low (below τ, the default), high (at or above τ: USB's code), all"""
 
     def __post_init__(self):
         if self.refix_rows not in REFIX_ROWS:
