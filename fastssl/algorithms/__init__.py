@@ -30,6 +30,9 @@ ALGORITHMS: dict[str, str] = {
     "remixmatch": "fastssl.algorithms.remixmatch:ReMixMatch",
     "vat": "fastssl.algorithms.vat:VAT",
     "ict": "fastssl.algorithms.ict:ICT",
+    "refixmatch": "fastssl.algorithms.refixmatch:ReFixMatch",
+    "dst": "fastssl.algorithms.dst:DST",
+    "selftuning": "fastssl.algorithms.selftuning:SelfTuning",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
