@@ -1,23 +1,16 @@
 """DDP's gradient buckets take the parameters' strides; a gradient in another layout is copied with a strided copy
 every step (DDP warns once: "Grad strides do not match bucket view strides"). The batches are NHWC in memory on
 every device, so the model must be too: checked in a two-rank gloo run of the real trainer on CPU."""
-import os
-import socket
 import warnings
 
 import pytest
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _gloo import free_port, set_rank_env
 
 
 def _worker(rank: int, port: int, out: str, q) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    set_rank_env(rank, port)
     import torch.distributed as dist
 
     from fastssl.config import Config, apply_overrides

@@ -1,23 +1,17 @@
 """Two gloo processes: global-batch semantics, disjoint shards, identical parameters on every rank."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import torch
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _gloo import free_port, set_rank_env
 
 
 def _worker(rank: int, port: int, out: str, q) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    set_rank_env(rank, port)
     import torch.distributed as dist
 
     from fastssl.config import Config, apply_overrides

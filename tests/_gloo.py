@@ -1,0 +1,16 @@
+"""Two-process gloo runs of the real Trainer on CPU (torch.multiprocessing workers): the port and the rank's
+torchrun-style environment."""
+import os
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_rank_env(rank: int, port: int, world: int = 2) -> None:
+    """What torchrun would set for `rank`; one OpenMP thread per rank on the 2-core machines."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
