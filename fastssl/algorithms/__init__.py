@@ -28,6 +28,7 @@ ALGORITHMS: dict[str, str] = {
     "remixmatch": "fastssl.algorithms.remixmatch:ReMixMatch",
     "vat": "fastssl.algorithms.vat:VAT",
     "ict": "fastssl.algorithms.ict:ICT",
+    "mpl": "fastssl.algorithms.mpl:MPL",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
