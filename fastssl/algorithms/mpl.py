@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
-from fastssl.algorithms.losses import (acc, forward_batch_stats, pseudo_label_ce, pseudo_label_metrics, ramp_up,
-                                       regularizers, soft_ce)
+from fastssl.algorithms.losses import (acc, forward_batch_stats, pseudo_label_ce, pseudo_label_metrics, regularizers,
+                                       soft_ce)
 from fastssl.batch import SSLBatch, ViewSpec
 from fastssl.collectives import all_reduce_sum, world_size
 
@@ -117,10 +117,10 @@ class MPL(Algorithm):
         self.teacher = self.make_model()
         """the teacher network (updated in `after_step`, never by the trainer's optimizer)"""
         self.teacher.requires_grad_(False)
-        n = sum(p.numel() for p in self.teacher.parameters())
-        self.register_buffer("teacher_momentum", torch.zeros(n, dtype=next(self.teacher.parameters()).dtype))
+        n, dtype = sum(p.numel() for p in self.teacher.parameters()), next(self.teacher.parameters()).dtype
+        self.register_buffer("teacher_momentum", torch.zeros(n, dtype=dtype))
         """(#teacher parameters,) the teacher's SGD momentum, flat, in `teacher.parameters()` order"""
-        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("baseline", torch.zeros((), dtype=dtype))
         """0-d moving average of the feedback h"""
         decay = torch.cat([torch.full((p.numel(),), float(p.ndim > 1)) for p in self.teacher.parameters()])
         self.register_buffer("decay_mask", decay.to(self.teacher_momentum.dtype), persistent=False)
@@ -164,7 +164,8 @@ class MPL(Algorithm):
         sup = soft_ce(t_lb, smoothed_targets(batch.y_lb, self.num_classes, cfg.label_smoothing, t_lb.dtype)).mean()
         uda = pseudo_label_ce(t_w.detach(), t_s, cfg.tau, cfg.T, soft=True).loss
         mpl = F.cross_entropy(t_s, state.pseudo)
-        ramp = ramp_up(state.step + 1, cfg.unsup_warmup * self.total_steps, "linear")
+        warmup = cfg.unsup_warmup * self.total_steps  # USB's min(1, (t + 1)/warmup), in the loss dtype (fp64 tests)
+        ramp = ((state.step + 1).to(uda.dtype) / warmup).clamp(max=1.0) if warmup > 0 else 1.0
         return sup + cfg.uda_weight * ramp * uda + h.to(mpl.dtype) * mpl
 
     def after_step(self, student: nn.Module, batch: SSLBatch, state: MPLState) -> None:
