@@ -28,6 +28,8 @@ Choices of ours, on purpose:
 - L_old and L_new are both CE of the student on x_lb alone with BatchNorm on batch statistics and running
   statistics untouched (`forward_batch_stats`), so h measures the parameter update and nothing else (USB
   computes L_old inside a concatenated forward and L_new on x_lb alone: different batch statistics).
+- The student's pass with gradient is over x_ulb_s alone (its loss reads nothing else); USB concatenates
+  x_lb into it, which only changes the BatchNorm batch statistics.
 - The teacher always runs on batch statistics and never updates its running statistics: nothing reads
   them (the teacher is never evaluated; the trainer evaluates the student's EMA), and they stay identical
   on every rank. Its no-gradient pass in the forward and its gradient pass in `after_step` therefore give
