@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from algo_testing import (ConfidentNet, build_algo, ce_by_hand, random_image_batch, separable_batch, soft_ce_by_hand,
                           softmax_by_hand, teacher_copy, tiny_net)
