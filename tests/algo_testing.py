@@ -182,7 +182,7 @@ class ConfidentNet(nn.Module):
 def build_algo(name: str, **overrides):
     cls = get_algorithm(name)
     return cls(cls.Config(**overrides), num_classes=C, num_ulb=NUM_ULB, total_steps=TOTAL,
-               num_features=ConfidentNet.num_features)
+               num_features=ConfidentNet.num_features, make_model=ConfidentNet)
 
 
 PATTERNS = torch.randn(C, 3, HW, HW, generator=torch.Generator().manual_seed(123))

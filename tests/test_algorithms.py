@@ -136,11 +136,12 @@ def run_updates(algo, model, n: int, seed: int, start: int = STEP) -> None:
         b = separable_batch(type(algo), seed=seed + i)
         out = algo(model, teacher, b, torch.tensor(start + i))
         algo.update_state(b, out.state)
+        algo.after_step(model, b, out.state)
 
 
 def has_state(algo_cls) -> bool:
-    """The contract: an algorithm keeps state exactly when it implements `update_state`."""
-    return algo_cls.update_state is not Algorithm.update_state
+    """The contract: an algorithm keeps state exactly when it implements `update_state` or `after_step`."""
+    return algo_cls.update_state is not Algorithm.update_state or algo_cls.after_step is not Algorithm.after_step
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -33,6 +33,7 @@ ALGORITHMS: dict[str, str] = {
     "refixmatch": "fastssl.algorithms.refixmatch:ReFixMatch",
     "dst": "fastssl.algorithms.dst:DST",
     "selftuning": "fastssl.algorithms.selftuning:SelfTuning",
+    "mpl": "fastssl.algorithms.mpl:MPL",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 

@@ -5,11 +5,18 @@ statistics, distribution-alignment history) lives in registered buffers: moved b
 `state_dict()`, restored exactly on resume. Its learnable parts, if any (ReMixMatch's rotation head), are
 parameters and are optimised with the model.
 
+Parameters the algorithm updates itself (Meta Pseudo Labels' teacher network, from the student's feedback)
+are kept `requires_grad=False` outside `after_step`: the trainer's optimizer takes only the parameters that
+require grad (`fastssl.train.optim.param_groups`) and DDP all-reduces only those, so neither touches them.
+The algorithm steps them in `after_step` with an optimizer of its own, whose state lives in buffers (so the
+checkpoint, through `state_dict()`, resumes it exactly), and all-reduces their gradients itself.
+
 A step, as the trainer runs it:
 
     out = algorithm(student, teacher, batch, step)   # forward: StepOutput(loss, metrics, state)
     out.loss.backward(); optimizer.step(); ema.update()
     algorithm.update_state(batch, out.state)          # commit the state, identically on every rank
+    algorithm.after_step(student, batch, out.state)   # eager: work that needs the updated student (MPL)
 
 Contract (what keeps the step compiled, static and sync-free):
 - `forward` uses fixed shapes only: masks multiply, they never index; no `.item()`/`.tolist()`; Python
@@ -20,10 +27,13 @@ Contract (what keeps the step compiled, static and sync-free):
 - `update_state` is applied identically on every rank: anything derived from a rank's own batch is first
   gathered with `fastssl.collectives.all_gather_cat` (fixed-size) or all-reduced.
 - Metrics are 0-d tensors; the trainer reads them on the host once every `log_every` steps.
+- `after_step` is not compiled with the step (it may run a backward pass of its own) but stays sync-free,
+  and leaves every rank with the same parameters and buffers.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
@@ -78,11 +88,14 @@ class Algorithm(nn.Module):
     {"algo.tau": 0.95, "data.uratio": 1}: the recipes cifar10_<name>_{40,250,4000} are derived from it"""
 
     def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
-                 num_features: int = 0):
+                 num_features: int = 0, make_model: Callable[[], nn.Module] | None = None):
         """`num_ulb`: size of the (global) unlabeled set, for per-sample state; `total_steps`: the run's
         length K, for ramps and warm-ups defined as fractions of training; `num_features`: the model's pooled
         feature width (`model.num_features`), for algorithms with heads of their own (ReMixMatch's rotation
-        head); 0 = not given. Subclasses do not override this: they declare their state in `init_state`."""
+        head); 0 = not given; `make_model`: builds a freshly initialised network like the student (same
+        architecture, classes, device and memory format), for algorithms that train a second network (Meta
+        Pseudo Labels' teacher); None = not given. Subclasses do not override this: they declare their state
+        in `init_state`."""
         super().__init__()
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
@@ -91,12 +104,13 @@ class Algorithm(nn.Module):
         self.num_ulb = num_ulb
         self.total_steps = total_steps
         self.num_features = num_features
+        self.make_model = make_model
         self.init_state()
 
     def init_state(self) -> None:
         """Registers the algorithm's state: buffers (`self.register_buffer(name, tensor)`, a docstring line
         under each) and learnable parts (modules). Runs at the end of `__init__`, with `cfg`, `num_classes`,
-        `num_ulb`, `total_steps` and `num_features` set. Default: no state."""
+        `num_ulb`, `total_steps`, `num_features` and `make_model` set. Default: no state."""
 
     def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         raise NotImplementedError  # pragma: no cover
@@ -105,6 +119,12 @@ class Algorithm(nn.Module):
     def update_state(self, batch: SSLBatch, state: Any) -> None:
         """Commits `state` (this step's `StepOutput.state`) into the buffers, after the optimizer step and
         identically on every rank. Default: nothing (no state)."""
+
+    def after_step(self, student: nn.Module, batch: SSLBatch, state: Any) -> None:
+        """Runs eagerly after `update_state`, with the student already updated by this step's optimizer
+        step: where an algorithm updates the parameters it owns itself (kept `requires_grad=False`, see the
+        module docstring), with a backward pass of its own under `torch.enable_grad()` and gradients
+        all-reduced over ranks. Called under the step's autocast. Default: nothing."""
 
 
 # --- the thresholded pseudo-label family -----------------------------------------------------------------

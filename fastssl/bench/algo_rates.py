@@ -70,7 +70,7 @@ class Runner:
         cls = get_algorithm(name)
         self.model = SmallCNN()
         self.algo = cls(cls.Config(), num_classes=C, num_ulb=4096, total_steps=total_steps,
-                        num_features=self.model.num_features)
+                        num_features=self.model.num_features, make_model=SmallCNN)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         params = list(self.model.parameters()) + list(self.algo.parameters())
         self.opt = torch.optim.SGD(params, lr=0.03, momentum=0.9, nesterov=True)
@@ -84,6 +84,7 @@ class Runner:
         out.loss.backward()
         self.opt.step()
         self.algo.update_state(self.batch, out.state)
+        self.algo.after_step(self.model, self.batch, out.state)
         return time.perf_counter() - t0
 
 

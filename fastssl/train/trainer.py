@@ -84,8 +84,12 @@ class Trainer:
         self.model.to(self.device, memory_format=fmt)
         # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
         self.ema = EMATeacher(self.model)
+        make_model = lambda: build_model(cfg.model.name, num_classes=self.data.num_classes,  # noqa: E731 (MPL's teacher)
+                                         in_channels=self.data.in_channels, image_size=self.data.image_size,
+                                         pretrained=cfg.model.pretrained).to(self.device, memory_format=fmt)
         self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
-                                  total_steps=t.steps, num_features=self.model.num_features).to(self.device)
+                                  total_steps=t.steps, num_features=self.model.num_features,
+                                  make_model=make_model).to(self.device)
         self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device)
         self.net = TrainStep(self.model, self.algorithm)
         if is_dist():
@@ -125,6 +129,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.ema_decay)
         self.algorithm.update_state(batch, out.state)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            self.algorithm.after_step(self.model, batch, out.state)  # eager, outside the compiled step (MPL's teacher)
         self.step += 1
         self.step_t += 1
         vals = torch.stack([out.loss.detach().float(), *(v.float() for v in out.metrics.values())])
