@@ -149,6 +149,9 @@ class AugmentConfig:
     """Cutout fill colour, uint8 RGB (USB's)"""
     geometric_fill: int = 0
     """fill of the area uncovered by Rotate/Shear/Translate (PIL's default, black)"""
+    policy: str = "randaugment"
+    """the strong view's ops: randaugment (uniform over `ops`) or ctaugment (ReMixMatch's learnt per-op,
+    per-magnitude-bin weights; fastssl.data.ctaugment; `ops` unused, `num_ops` ops per view)"""
 
     def __post_init__(self):
         unknown = [o for o in self.ops if o not in FIXMATCH_POOL]
@@ -156,6 +159,8 @@ class AugmentConfig:
             raise ValueError(f"--aug.ops has unknown ops {unknown}; choose from {list(FIXMATCH_POOL)}")
         if not self.ops and self.num_ops > 0:
             raise ValueError("--aug.ops is empty; set --aug.num_ops=0 to disable RandAugment")
+        if self.policy not in ("randaugment", "ctaugment"):
+            raise ValueError(f"--aug.policy={self.policy!r} is unknown; use randaugment or ctaugment")
         if self.flip_prob is not None and not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"--aug.flip_prob={self.flip_prob} must be in [0, 1]")
         if not 0.0 <= self.crop_pad_frac < 1.0:

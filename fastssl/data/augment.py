@@ -95,16 +95,21 @@ CROP = ("crop_y", "crop_x", "mirror")
 STAGE_HOST = ("M", "heavy")
 """a RandAugment stage's per-sample operator arguments (host): warp matrix, and 1 for the ops that need the
 image statistics branch (Color, Contrast, Sharpness, AutoContrast, Equalize)"""
-STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "a", "e", "pd", "t")
+STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "l", "qa", "qe", "pd", "t")
 """a RandAugment stage's per-sample arithmetic weights (on the images' device; see `stage_params`)"""
+CT_DEVICE = ("qs", "qb", "qi")
+"""the weights CTAugment's stages add: blend toward the SMOOTH-filtered, BLUR-filtered, inverted image"""
 
 
-def stage_device(channels: int) -> tuple[str, ...]:
-    """`STAGE_DEVICE` less the Color weight on single-channel images (Color is the identity there)."""
-    return STAGE_DEVICE if channels == 3 else tuple(q for q in STAGE_DEVICE if q != "wg")
+def stage_device(channels: int, policy: str = "randaugment") -> tuple[str, ...]:
+    """The stage's arithmetic weights: `STAGE_DEVICE` (+ `CT_DEVICE` for CTAugment), less the Color weight
+    on single-channel images (Color is the identity there)."""
+    names = STAGE_DEVICE + (CT_DEVICE if policy == "ctaugment" else ())
+    return names if channels == 3 else tuple(q for q in names if q != "wg")
 
 
-def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
+def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = "randaugment"
+                 ) -> dict[str, np.ndarray]:
     """One RandAugment stage's per-sample parameters for op `names[i]` at magnitude `mags[i]` (USB units).
     Every op of the pool is a parameter of one fixed chain of DALI operators, and an op not drawn gets its
     identity value, so the graph has no per-op branches:
@@ -113,9 +118,12 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, n
       here, float32 in DALI), else the identity;
     - heavy: 1 for the ops that read image statistics, run (only for those samples) in one DALI
       conditional branch: blend PIL-style with the degenerate image ``ws·smooth + wg·grey +
-      wc·round(mean grey)`` by factor v, AutoContrast on/off (a), Equalize on/off (e);
+      wc·round(mean grey)`` by factor v, then blend by l toward ``qa·autocontrast + qe·equalize`` (and
+      for CTAugment ``+ qs·smooth + qb·blur + qi·invert``): RandAugment's AutoContrast/Equalize are l = 1,
+      CTAugment's (and its Invert, Smooth, Blur: `policy`) PIL's ``Image.blend(x, op(x), l)`` with l = mags;
     - vb: Brightness' factor (a blend with black), 1 otherwise: an exact identity on integers;
-    - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (256 = none)."""
+    - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (1024 = none: above a
+      brightened value, which is clipped to 255 only when stored)."""
     names, m = np.asarray(names), np.asarray(mags, np.float64)
     n, (h, w) = len(names), hw
     M = np.zeros((n, 2, 3))
@@ -130,15 +138,21 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, n
     M[names == "TranslateY", 1, 2] = m[names == "TranslateY"] * h
     colour = (names == "Color") & (channels == 3)  # PIL's grey of a grey image is itself: Color = identity
     blend = colour | (names == "Contrast") | (names == "Sharpness")
-    heavy = blend | (names == "AutoContrast") | (names == "Equalize")
+    ct_blends = ("Smooth", "Blur", "Invert") if policy == "ctaugment" else ()
+    toward = np.isin(names, ("AutoContrast", "Equalize") + ct_blends)
+    heavy = blend | toward
     post = names == "Posterize"
     pd = np.where(post, 2.0 ** (8 - np.floor(np.where(post, m, 8.0))), 1.0)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    return {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
-            "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
-            "ws": f32(names == "Sharpness"), "a": f32(names == "AutoContrast"), "e": f32(names == "Equalize"),
-            "pd": f32(pd),
-            "t": f32(np.where(names == "Solarize", m, 256.0))}
+    out = {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
+           "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
+           "ws": f32(names == "Sharpness"),
+           "l": f32(np.where(toward, m if policy == "ctaugment" else 1.0, 0.0)),
+           "qa": f32(names == "AutoContrast"), "qe": f32(names == "Equalize"), "pd": f32(pd),
+           "t": f32(np.where(names == "Solarize", m, 1024.0))}
+    if policy == "ctaugment":
+        out.update(qs=f32(names == "Smooth"), qb=f32(names == "Blur"), qi=f32(names == "Invert"))
+    return out
 
 
 def cutout_box(side, cx, cy, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,11 +171,18 @@ class ViewParams:
     a pure function of (key, step): the DALI graph holds no random operators, so a loader resumes at any
     step by asking for that step's draws again, and the draws do not depend on how many steps one DALI
     iteration makes. `host_names` feed operator arguments (CPU), `device_names` feed arithmetic; `branch`:
-    the graph is built with `stage`'s branch (which reads the "heavy" flags)."""
+    the graph is built with `stage`'s branch (which reads the "heavy" flags).
+
+    ``cfg.policy == "ctaugment"``: the strong views' ops and magnitudes are `ct`'s (a
+    `ctaugment.CTAugment`): its training draws with the weights of the step's snapshot, or with `probe`
+    its probe draws, whose bins `draw` also returns as "s{j}.bins" (not fed to DALI)."""
 
     def __init__(self, cfg: AugmentConfig, hw: tuple[int, int], channels: int, num_weak: int, num_strong: int,
-                 key: tuple[int, ...], branch: bool = False):
+                 key: tuple[int, ...], branch: bool = False, ct=None, probe: bool = False):
         self.cfg, self.hw, self.channels, self.nw, self.ns, self.key = cfg, hw, channels, num_weak, num_strong, key
+        if cfg.policy == "ctaugment" and num_strong and ct is None:
+            raise ValueError("--aug.policy=ctaugment needs the CTAugment state (ViewParams(..., ct=...))")
+        self.ct, self.probe = ct, probe
         self.host_names, self.device_names = [], []
         for j in range(num_weak):
             self.host_names += [f"w{j}.{k}" for k in CROP]
@@ -169,7 +190,7 @@ class ViewParams:
             self.host_names += [f"s{j}.{k}" for k in CROP]
             for k in range(cfg.num_ops):
                 self.host_names += [f"s{j}.{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
-                self.device_names += [f"s{j}.{k}.{q}" for q in stage_device(channels)]
+                self.device_names += [f"s{j}.{k}.{q}" for q in stage_device(channels, cfg.policy)]
             if cfg.cutout_max_frac > 0:
                 self.host_names += [f"s{j}.cut_anchor", f"s{j}.cut_shape"]
 
@@ -190,11 +211,21 @@ class ViewParams:
         lo, hi = np.array([OP_RANGES[o] for o in cfg.ops]).T if len(pool) else (None, None)
         for j in range(self.ns):
             crop(f"s{j}.")
-            for k in range(cfg.num_ops):  # op uniform over the pool (with replacement), magnitude uniform
-                i, u = rng.integers(0, len(pool), n), rng.random(n)
-                mags = (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32)
-                p = stage_params(pool[i], mags, self.hw, self.channels)
-                out.update({f"s{j}.{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels)})
+            if cfg.policy == "ctaugment":
+                from fastssl.data.ctaugment import ct_magnitudes
+                if self.probe:
+                    names, lvl, out[f"s{j}.bins"] = self.ct.probe(rng, n)
+                else:
+                    names, lvl = self.ct.draw(rng, n, step)
+                mags = ct_magnitudes(names, lvl, self.hw).astype(np.float32)
+            for k in range(cfg.num_ops):  # RandAugment: op uniform over the pool (with replacement), magnitude uniform
+                if cfg.policy == "ctaugment":
+                    p = stage_params(names[:, k], mags[:, k], self.hw, self.channels, "ctaugment")
+                else:
+                    i, u = rng.integers(0, len(pool), n), rng.random(n)
+                    p = stage_params(pool[i], (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32), self.hw,
+                                     self.channels)
+                out.update({f"s{j}.{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels, cfg.policy)})
             if cfg.cutout_max_frac > 0:
                 side = rng.uniform(0.0, cfg.cutout_max_frac, n) * w
                 cx, cy = rng.uniform(0.0, w, n), rng.uniform(0.0, h, n)
@@ -251,23 +282,40 @@ def _smooth(x: DataNode, hw: tuple[int, int]) -> DataNode:
             + types.Constant(1.0 - inner, device=dev) * x)
 
 
-def _statistics_ops(y: DataNode, *, ws, wc, v, a, e, wg=None, hw, channels) -> DataNode:
+def _blur(x: DataNode, hw: tuple[int, int]) -> DataNode:
+    """PIL's BLUR filter (5x5 ring of ones / 16), rounded half up as PIL's fixed point does (the sum of
+    integers is exact in float; DALI's own rounding of /16 would meet exact halves), 2-px border kept."""
+    h, w = hw
+    k = np.ones((5, 5), dtype=np.float32)
+    k[1:4, 1:4] = 0.0
+    inner = np.zeros((h, w, 1), dtype=np.float32)
+    inner[2:-2, 2:-2] = 1.0
+    dev = "gpu" if x.device == "gpu" else "cpu"
+    s = dmath.floor((fn.filter(x, k, dtype=types.FLOAT) + 8.0) / 16.0)
+    return types.Constant(inner, device=dev) * s + types.Constant(1.0 - inner, device=dev) * x
+
+
+def _statistics_ops(y: DataNode, *, ws, wc, v, l, qa, qe, wg=None, qs=None, qb=None, qi=None, hw,
+                    channels) -> DataNode:
     """The ops that read image statistics, for the samples that drew one: PIL's blend with the degenerate
-    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v, then AutoContrast (a) and Equalize (e), each
-    an exact identity when its weight is 0 (v = 1: the blend is the identity on integers)."""
+    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v (Color, Contrast, Sharpness), then PIL's blend
+    by l toward ``qa·autocontrast + qe·equalize [+ qs·smooth + qb·blur + qi·invert]`` (CTAugment's
+    weights, present when given); each an exact identity when its weights are 0 (v = 1, l = 0)."""
     grey = _grey(y, channels)
-    deg = ws * _smooth(y, hw) + wc * dmath.floor(
+    smooth = _smooth(y, hw)
+    deg = ws * smooth + wc * dmath.floor(
         fn.reductions.mean(grey, axis_names="HWC", keep_dims=True) + 0.5)  # PIL: int(mean + 0.5)
     if wg is not None:
         deg = deg + wg * grey
     b = deg + v * (y - deg)
     lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)  # (1, 1, C)
     hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
-    on = a * (hi != lo)  # a single-valued channel is left as is, like AutoContrast off: lo 0, hi 255
+    on = hi != lo  # a single-valued channel is left as is: lo 0, hi 255
     lo, hi = lo * on, (hi - 255.0) * on + 255.0
-    b = (b - lo) * (255.0 / (hi - lo))
-    b = b + e * (fn.equalize(y) - b)
-    return _to_u8(b)
+    target = qa * dmath.floor((y - lo) * (255.0 / (hi - lo))) + qe * fn.equalize(y)
+    if qs is not None:
+        target = target + qs * smooth + qb * _blur(y, hw) + qi * (255.0 - y)
+    return _to_u8(b + l * (target - b))
 
 
 def _to_u8(x: DataNode) -> DataNode:
@@ -283,7 +331,7 @@ def stage(x: DataNode, p: dict, *, hw, channels, fill, branch: bool = False) -> 
     drew a statistics op through those ops (a DALI conditional: 14 more operators per stage; pays off when
     the iteration's batch is large on the CPU backend, see pipeline.BRANCH_MIN_BATCH)."""
     y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
-    kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") if q in p}
+    kw = {q: p[q] for q in ("ws", "wc", "v", "l", "qa", "qe", "wg", "qs", "qb", "qi") if q in p}
     stats = lambda y, **w: _statistics_ops(y, **w, hw=hw, channels=channels)  # noqa: E731
     y = select([lambda y, **_: y, stats], p["heavy"], y, **kw) if branch else stats(y, **kw)
     b = p["vb"] * y  # Brightness: PIL's blend with black
@@ -328,7 +376,7 @@ def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: 
     (normalized if mean/std); `branch` as in `stage`."""
     x = crop_flip(padded, p, prefix, hw)
     for k in range(cfg.num_ops):
-        names = [q for q in STAGE_HOST + stage_device(channels) if f"{prefix}{k}.{q}" in p]
+        names = [q for q in STAGE_HOST + STAGE_DEVICE + CT_DEVICE if f"{prefix}{k}.{q}" in p]
         x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in names}, hw=hw, channels=channels,
                   fill=cfg.geometric_fill, branch=branch)
     if cfg.cutout_max_frac > 0:
@@ -358,10 +406,12 @@ def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
 
 
 def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bool = False,
-           **cutout_params) -> np.ndarray:
-    """Applies one op (or per-sample ops: a list of names) through the RandAugment `stage` (or "Cutout",
+           policy: str = "randaugment", **cutout_params) -> np.ndarray:
+    """Applies one op (or per-sample ops: a list of names) through the augmentation `stage` (or "Cutout",
     with per-sample arrays `cx`, `cy` and `magnitudes` as the side in px) with fixed per-sample magnitudes
-    to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0 (device="gpu"); returns uint8 NHWC."""
+    to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0 (device="gpu"); returns uint8 NHWC. `policy`:
+    "ctaugment" adds its ops (Invert, Smooth, Blur) and reads AutoContrast/Equalize's magnitude as the
+    blend level (magnitudes in `stage_params` units: see ctaugment.ct_magnitudes)."""
     from fastssl.data._dali import pipeline_def
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -371,9 +421,9 @@ def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bo
         anchor, shape = cutout_box(mags, cutout_params["cx"], cutout_params["cy"], (h, w))
         host, dev = {"anchor": anchor, "shape": shape}, {}
     else:
-        p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c)
+        p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c, policy)
         host = {q: p[q] for q in STAGE_HOST if branch or q != "heavy"}
-        dev = {q: p[q] for q in stage_device(c)}
+        dev = {q: p[q] for q in stage_device(c, policy)}
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None, enable_conditionals=True)
     def pipe():

@@ -132,14 +132,14 @@ class _Source:
 
 @pipeline_def(enable_conditionals=True)
 def _train_graph(source: _Source, *, hw, channels, aug, mean, std, num_weak, num_strong, gpu, encoded, key=(0,),
-                 branch=False):
-    """The views of `source`'s images with every random draw from ViewParams(..., key) (no DALI random
-    operators: the pipeline's output is a pure function of the source's iteration). `branch`: see
-    augment.stage."""
+                 branch=False, ct=None, probe=False):
+    """The views of `source`'s images with every random draw from ViewParams(..., key, ct=ct, probe=probe)
+    (no DALI random operators: the pipeline's output is a pure function of the source's iteration, and of
+    CTAugment's weight snapshot for it). `branch`: see augment.stage."""
     imgs, labels, idx = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
                                            layout=[None if encoded else "HWC", None, None])
     imgs = _load(imgs, hw, channels, gpu, encoded)
-    params = ViewParams(aug, hw, channels, num_weak, num_strong, key, branch).nodes(
+    params = ViewParams(aug, hw, channels, num_weak, num_strong, key, branch, ct, probe).nodes(
         source.sampler.batch, source.steps_per_run, source.start, gpu)
     out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong, params, branch)
     if gpu:
@@ -230,8 +230,17 @@ class TrainLoader:
         b_ulb = _per_rank(batch_size * uratio, world_size, "--data.batch_size × --data.uratio")
         self.device, self.views, self.hw, self.channels = torch.device(device), views, hw, ch
         gpu = self.device.type == "cuda"
+        self.ctaugment = None
+        if aug.policy == "ctaugment":  # the labeled strong view is CTAugment's probe: always made
+            from fastssl.data.ctaugment import CTAugment
+            self.ctaugment = CTAugment(aug.num_ops)
+            views = self.views = views._replace(lb_strong=True)
         floats = (b_lb * (1 + int(views.lb_strong)) + b_ulb * (views.num_weak + views.num_strong)) * hw[0] * hw[1] * ch
         self.steps_per_run = k = steps_per_run or max(1, min(8, (4 << 20) // (4 * floats)))
+        if self.ctaugment is not None:  # DALI asks for iteration c's draws while running iteration c - prefetch + 1
+            self.ctaugment.steps_per_run, self.ctaugment.lag = k, max(prefetch - 1, 0)
+            self._probe = ViewParams(aug, hw, ch, 1, 1, (seed, _LB, rank), ct=self.ctaugment, probe=True)
+            self._b_lb = b_lb
         self._specs = {}
         for key, stream, n, b, x, y, files, nw, ns in (
             ("lb", _LB, n_lb, b_lb, lb_x, lb_y, lb_files, 1, int(views.lb_strong)),
@@ -243,7 +252,7 @@ class TrainLoader:
             self._specs[key] = dict(
                 source=_Source(x, y, sampler, files, k), **graph_kwargs(aug, hw, ch, mean, std, nw, ns, gpu),
                 encoded=encoded, key=(seed, stream, rank), batch_size=b * k, num_threads=num_threads,
-                branch=not gpu and b * k >= BRANCH_MIN_BATCH,
+                branch=not gpu and b * k >= BRANCH_MIN_BATCH, ct=self.ctaugment, probe=key == "lb",
                 device_id=(self.device.index or 0) if gpu else None, prefetch_queue_depth=prefetch)
         self._keep = _KeepAlive(in_flight, torch.cuda.Event if gpu else None)
         self._start(0)
@@ -305,6 +314,11 @@ class TrainLoader:
         return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=weak[0], x_ulb_s=strong[0],
                         idx_ulb=ulb[nw + ns + 1], y_ulb=ulb[nw + ns],
                         x_ulb_w_extra=tuple(weak[1:]), x_ulb_s_extra=tuple(strong[1:]), x_lb_s=x_lb_s)
+
+    def probe_bins(self) -> np.ndarray:
+        """--aug.policy=ctaugment: the CTAugment bins (B, num_ops) of the last batch's `x_lb_s`, the probe
+        view (its draws again: a pure function of the step)."""
+        return self._probe.draw(self._step - 1, self._b_lb)["s0.bins"]
 
     def state_dict(self) -> dict:
         """The number of batches handed out: every batch is a pure function of (seed, rank, step)."""
