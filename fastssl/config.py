@@ -141,6 +141,8 @@ class AugmentConfig:
     1 - crop_ratio); 0 disables the crop"""
     num_ops: int = 3
     """RandAugment ops per strong view, drawn with replacement (USB: RandAugment(3, 5) → 3; FixMatch paper: 2)"""
+    medium_num_ops: int = 1
+    """ops of the medium view, for algorithms that ask for one (SequenceMatch; USB: RandAugment(1, 5) → 1)"""
     ops: tuple[str, ...] = FIXMATCH_POOL
     """the RandAugment pool (names from ``FIXMATCH_POOL``)"""
     cutout_max_frac: float = 0.5
@@ -159,6 +161,9 @@ class AugmentConfig:
             raise ValueError(f"--aug.ops has unknown ops {unknown}; choose from {list(FIXMATCH_POOL)}")
         if not self.ops and self.num_ops > 0:
             raise ValueError("--aug.ops is empty; set --aug.num_ops=0 to disable RandAugment")
+        if self.policy == "ctaugment" and self.medium_num_ops > self.num_ops:
+            raise ValueError(f"--aug.medium_num_ops={self.medium_num_ops} > --aug.num_ops={self.num_ops}: under "
+                             "CTAugment the medium view takes the first ops of a draw; lower it")
         if self.policy not in ("randaugment", "ctaugment"):
             raise ValueError(f"--aug.policy={self.policy!r} is unknown; use randaugment or ctaugment")
         if self.flip_prob is not None and not 0.0 <= self.flip_prob <= 1.0:

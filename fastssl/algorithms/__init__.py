@@ -30,6 +30,7 @@ ALGORITHMS: dict[str, str] = {
     "remixmatch": "fastssl.algorithms.remixmatch:ReMixMatch",
     "vat": "fastssl.algorithms.vat:VAT",
     "ict": "fastssl.algorithms.ict:ICT",
+    "sequencematch": "fastssl.algorithms.sequencematch:SequenceMatch",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 

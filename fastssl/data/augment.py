@@ -178,21 +178,27 @@ class ViewParams:
     its probe draws, whose bins `draw` also returns as "s{j}.bins" (not fed to DALI)."""
 
     def __init__(self, cfg: AugmentConfig, hw: tuple[int, int], channels: int, num_weak: int, num_strong: int,
-                 key: tuple[int, ...], branch: bool = False, ct=None, probe: bool = False):
+                 key: tuple[int, ...], branch: bool = False, ct=None, probe: bool = False, num_medium: int = 0):
         self.cfg, self.hw, self.channels, self.nw, self.ns, self.key = cfg, hw, channels, num_weak, num_strong, key
-        if cfg.policy == "ctaugment" and num_strong and ct is None:
+        self.nm = num_medium
+        if cfg.policy == "ctaugment" and num_strong + num_medium and ct is None:
             raise ValueError("--aug.policy=ctaugment needs the CTAugment state (ViewParams(..., ct=...))")
         self.ct, self.probe = ct, probe
         self.host_names, self.device_names = [], []
         for j in range(num_weak):
             self.host_names += [f"w{j}.{k}" for k in CROP]
-        for j in range(num_strong):
-            self.host_names += [f"s{j}.{k}" for k in CROP]
-            for k in range(cfg.num_ops):
-                self.host_names += [f"s{j}.{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
-                self.device_names += [f"s{j}.{k}.{q}" for q in stage_device(channels, cfg.policy)]
+        for prefix, ops in self._strong_views():
+            self.host_names += [f"{prefix}{k}" for k in CROP]
+            for k in range(ops):
+                self.host_names += [f"{prefix}{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
+                self.device_names += [f"{prefix}{k}.{q}" for q in stage_device(channels, cfg.policy)]
             if cfg.cutout_max_frac > 0:
-                self.host_names += [f"s{j}.cut_anchor", f"s{j}.cut_shape"]
+                self.host_names += [f"{prefix}cut_anchor", f"{prefix}cut_shape"]
+
+    def _strong_views(self) -> list[tuple[str, int]]:
+        """(name prefix, ops) of every augmented view: strong "s{j}." then medium "m{j}."."""
+        return ([(f"s{j}.", self.cfg.num_ops) for j in range(self.ns)]
+                + [(f"m{j}.", self.cfg.medium_num_ops) for j in range(self.nm)])
 
     def draw(self, step: int, n: int) -> dict[str, np.ndarray]:
         """The draws of `n` samples at `step`."""
@@ -209,27 +215,27 @@ class ViewParams:
             crop(f"w{j}.")
         pool = np.asarray(cfg.ops)
         lo, hi = np.array([OP_RANGES[o] for o in cfg.ops]).T if len(pool) else (None, None)
-        for j in range(self.ns):
-            crop(f"s{j}.")
-            if cfg.policy == "ctaugment":
+        for prefix, ops in self._strong_views():
+            crop(prefix)
+            if cfg.policy == "ctaugment":  # CTAugment draws num_ops columns; a medium view uses the first ones
                 from fastssl.data.ctaugment import ct_magnitudes
                 if self.probe:
-                    names, lvl, out[f"s{j}.bins"] = self.ct.probe(rng, n)
+                    names, lvl, out[prefix + "bins"] = self.ct.probe(rng, n)
                 else:
                     names, lvl = self.ct.draw(rng, n, step)
                 mags = ct_magnitudes(names, lvl, self.hw).astype(np.float32)
-            for k in range(cfg.num_ops):  # RandAugment: op uniform over the pool (with replacement), magnitude uniform
+            for k in range(ops):  # RandAugment: op uniform over the pool (with replacement), magnitude uniform
                 if cfg.policy == "ctaugment":
                     p = stage_params(names[:, k], mags[:, k], self.hw, self.channels, "ctaugment")
                 else:
                     i, u = rng.integers(0, len(pool), n), rng.random(n)
                     p = stage_params(pool[i], (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32), self.hw,
                                      self.channels)
-                out.update({f"s{j}.{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels, cfg.policy)})
+                out.update({f"{prefix}{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels, cfg.policy)})
             if cfg.cutout_max_frac > 0:
                 side = rng.uniform(0.0, cfg.cutout_max_frac, n) * w
                 cx, cy = rng.uniform(0.0, w, n), rng.uniform(0.0, h, n)
-                out[f"s{j}.cut_anchor"], out[f"s{j}.cut_shape"] = cutout_box(side, cx, cy, self.hw)
+                out[prefix + "cut_anchor"], out[prefix + "cut_shape"] = cutout_box(side, cx, cy, self.hw)
         return out
 
     def nodes(self, per_step: int, steps_per_run: int = 1, start: int = 0, gpu: bool = False) -> dict:
@@ -371,11 +377,11 @@ def cutout(x: DataNode, anchor: DataNode, shape: DataNode, channels: int, fill) 
 
 
 def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: tuple[int, int], channels: int,
-                mean=None, std=None, branch: bool = False) -> DataNode:
-    """USB's strong transform on `reflect_pad`'s output: crop/flip, `num_ops` RandAugment stages, Cutout
-    (normalized if mean/std); `branch` as in `stage`."""
+                mean=None, std=None, branch: bool = False, num_ops: int | None = None) -> DataNode:
+    """USB's strong transform on `reflect_pad`'s output: crop/flip, `num_ops` (default cfg.num_ops)
+    RandAugment stages, Cutout (normalized if mean/std); `branch` as in `stage`."""
     x = crop_flip(padded, p, prefix, hw)
-    for k in range(cfg.num_ops):
+    for k in range(cfg.num_ops if num_ops is None else num_ops):
         names = [q for q in STAGE_HOST + STAGE_DEVICE + CT_DEVICE if f"{prefix}{k}.{q}" in p]
         x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in names}, hw=hw, channels=channels,
                   fill=cfg.geometric_fill, branch=branch)
@@ -385,15 +391,18 @@ def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: 
 
 
 def views(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean, std, num_weak: int,
-          num_strong: int, params: dict, branch: bool = False) -> list[DataNode]:
-    """`num_weak` weak then `num_strong` strong normalized float32 HWC views of the same uint8 images, with
-    one shared reflect padding; `params` are `ViewParams.nodes` of a ViewParams(cfg, ..., num_weak,
-    num_strong). A weak view is a single fused crop/flip/normalize op; `branch` as in `stage` (needs a
-    pipeline with enable_conditionals=True)."""
+          num_strong: int, params: dict, branch: bool = False, num_medium: int = 0) -> list[DataNode]:
+    """`num_weak` weak, `num_strong` strong then `num_medium` medium (`cfg.medium_num_ops` ops) normalized
+    float32 HWC views of the same uint8 images, with one shared reflect padding; `params` are
+    `ViewParams.nodes` of a ViewParams(cfg, ..., num_weak, num_strong, num_medium=num_medium). A weak view
+    is a single fused crop/flip/normalize op; `branch` as in `stage` (needs a pipeline with
+    enable_conditionals=True)."""
     padded = reflect_pad(x, hw, cfg.crop_pad_frac)
     return ([crop_flip(padded, params, f"w{j}.", hw, mean, std) for j in range(num_weak)]
             + [strong_view(padded, params, f"s{j}.", cfg, hw, channels, mean, std, branch)
-               for j in range(num_strong)])
+               for j in range(num_strong)]
+            + [strong_view(padded, params, f"m{j}.", cfg, hw, channels, mean, std, branch, cfg.medium_num_ops)
+               for j in range(num_medium)])
 
 
 def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
