@@ -246,3 +246,18 @@ def test_trainer_runs_and_resumes_exactly_with_ctaugment(tmp_path):
     assert np.array_equal(ref["ctaugment"]["rates"], got["ctaugment"]["rates"])
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [o for o in CT_OPS if o not in ("Rotate", "ShearX", "ShearY", "TranslateX",
+                                                                 "TranslateY")])
+def test_gpu_ct_op_matches_cpu_op(name):
+    """The CTAugment stage on device "gpu" (FMA contraction may move a value across an integer): at most
+    one grey level on 1% of pixels."""
+    x = _images()
+    for lvl in LEVELS:
+        m = float(ct_magnitudes([name], [lvl], (32, 32))[0])
+        cpu = run_op(x, name, m, policy="ctaugment")
+        gpu = run_op(x, name, m, device="gpu", policy="ctaugment")
+        d = np.abs(gpu.astype(int) - cpu)
+        assert (d > 0).mean() <= 0.01 and d.max() <= 1, (name, lvl)

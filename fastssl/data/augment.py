@@ -95,10 +95,11 @@ CROP = ("crop_y", "crop_x", "mirror")
 STAGE_HOST = ("M", "heavy")
 """a RandAugment stage's per-sample operator arguments (host): warp matrix, and 1 for the ops that need the
 image statistics branch (Color, Contrast, Sharpness, AutoContrast, Equalize)"""
-STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "l", "qa", "qe", "pd", "t")
+STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "a", "e", "pd", "t")
 """a RandAugment stage's per-sample arithmetic weights (on the images' device; see `stage_params`)"""
-CT_DEVICE = ("qs", "qb", "qi")
-"""the weights CTAugment's stages add: blend toward the SMOOTH-filtered, BLUR-filtered, inverted image"""
+CT_DEVICE = ("qa", "qe", "qs", "qb", "qi")
+"""the weights CTAugment's stages add: the image its blend (by e) goes toward is the sum of the
+autocontrasted, equalized, SMOOTH-filtered, BLUR-filtered and inverted images weighted by these"""
 
 
 def stage_device(channels: int, policy: str = "randaugment") -> tuple[str, ...]:
@@ -118,9 +119,9 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = 
       here, float32 in DALI), else the identity;
     - heavy: 1 for the ops that read image statistics, run (only for those samples) in one DALI
       conditional branch: blend PIL-style with the degenerate image ``ws·smooth + wg·grey +
-      wc·round(mean grey)`` by factor v, then blend by l toward ``qa·autocontrast + qe·equalize`` (and
-      for CTAugment ``+ qs·smooth + qb·blur + qi·invert``): RandAugment's AutoContrast/Equalize are l = 1,
-      CTAugment's (and its Invert, Smooth, Blur: `policy`) PIL's ``Image.blend(x, op(x), l)`` with l = mags;
+      wc·round(mean grey)`` by factor v, then AutoContrast on/off (a), then blend by e toward the equalized
+      image (RandAugment: e = 0/1), or with `policy` "ctaugment" toward ``qa·autocontrast + qe·equalize +
+      qs·smooth + qb·blur + qi·invert`` with e = mags: PIL's ``Image.blend(x, op(x), level)`` (a = 0);
     - vb: Brightness' factor (a blend with black), 1 otherwise: an exact identity on integers;
     - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (1024 = none: above a
       brightened value, which is clipped to 255 only when stored)."""
@@ -146,12 +147,13 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = 
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     out = {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
            "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
-           "ws": f32(names == "Sharpness"),
-           "l": f32(np.where(toward, m if policy == "ctaugment" else 1.0, 0.0)),
-           "qa": f32(names == "AutoContrast"), "qe": f32(names == "Equalize"), "pd": f32(pd),
-           "t": f32(np.where(names == "Solarize", m, 1024.0))}
+           "ws": f32(names == "Sharpness"), "pd": f32(pd), "t": f32(np.where(names == "Solarize", m, 1024.0))}
     if policy == "ctaugment":
-        out.update(qs=f32(names == "Smooth"), qb=f32(names == "Blur"), qi=f32(names == "Invert"))
+        out.update(a=f32(np.zeros(n)), e=f32(np.where(toward, m, 0.0)), qa=f32(names == "AutoContrast"),
+                   qe=f32(names == "Equalize"), qs=f32(names == "Smooth"), qb=f32(names == "Blur"),
+                   qi=f32(names == "Invert"))
+    else:
+        out.update(a=f32(names == "AutoContrast"), e=f32(names == "Equalize"))
     return out
 
 
@@ -301,12 +303,20 @@ def _blur(x: DataNode, hw: tuple[int, int]) -> DataNode:
     return types.Constant(inner, device=dev) * s + types.Constant(1.0 - inner, device=dev) * x
 
 
-def _statistics_ops(y: DataNode, *, ws, wc, v, l, qa, qe, wg=None, qs=None, qb=None, qi=None, hw,
+def _autocontrast(x: DataNode, lo: DataNode, hi: DataNode, on) -> DataNode:
+    """(x - lo) · 255 / (hi - lo) per channel where `on`; a single-valued channel is left as is (lo 0, hi 255)."""
+    on = on * (hi != lo)
+    lo, hi = lo * on, (hi - 255.0) * on + 255.0
+    return (x - lo) * (255.0 / (hi - lo))
+
+
+def _statistics_ops(y: DataNode, *, ws, wc, v, a, e, wg=None, qa=None, qe=None, qs=None, qb=None, qi=None, hw,
                     channels) -> DataNode:
     """The ops that read image statistics, for the samples that drew one: PIL's blend with the degenerate
-    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v (Color, Contrast, Sharpness), then PIL's blend
-    by l toward ``qa·autocontrast + qe·equalize [+ qs·smooth + qb·blur + qi·invert]`` (CTAugment's
-    weights, present when given); each an exact identity when its weights are 0 (v = 1, l = 0)."""
+    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v (Color, Contrast, Sharpness), AutoContrast (a),
+    then PIL's blend by e toward the equalized image, or, given CTAugment's weights (qa, ...), toward
+    ``qa·autocontrast + qe·equalize + qs·smooth + qb·blur + qi·invert``; each an exact identity when its
+    weights are 0 (v = 1: the blend is the identity on integers)."""
     grey = _grey(y, channels)
     smooth = _smooth(y, hw)
     deg = ws * smooth + wc * dmath.floor(
@@ -316,12 +326,12 @@ def _statistics_ops(y: DataNode, *, ws, wc, v, l, qa, qe, wg=None, qs=None, qb=N
     b = deg + v * (y - deg)
     lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)  # (1, 1, C)
     hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
-    on = hi != lo  # a single-valued channel is left as is: lo 0, hi 255
-    lo, hi = lo * on, (hi - 255.0) * on + 255.0
-    target = qa * dmath.floor((y - lo) * (255.0 / (hi - lo))) + qe * fn.equalize(y)
-    if qs is not None:
-        target = target + qs * smooth + qb * _blur(y, hw) + qi * (255.0 - y)
-    return _to_u8(b + l * (target - b))
+    b = _autocontrast(b, lo, hi, a)
+    target = fn.equalize(y)
+    if qa is not None:  # CTAugment: PIL's AutoContrast is an integer LUT, blended afterwards
+        target = (qa * dmath.floor(_autocontrast(y, lo, hi, 1.0)) + qe * target + qs * smooth + qb * _blur(y, hw)
+                  + qi * (255.0 - y))
+    return _to_u8(b + e * (target - b))
 
 
 def _to_u8(x: DataNode) -> DataNode:
@@ -337,7 +347,7 @@ def stage(x: DataNode, p: dict, *, hw, channels, fill, branch: bool = False) -> 
     drew a statistics op through those ops (a DALI conditional: 14 more operators per stage; pays off when
     the iteration's batch is large on the CPU backend, see pipeline.BRANCH_MIN_BATCH)."""
     y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
-    kw = {q: p[q] for q in ("ws", "wc", "v", "l", "qa", "qe", "wg", "qs", "qb", "qi") if q in p}
+    kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") + CT_DEVICE if q in p}
     stats = lambda y, **w: _statistics_ops(y, **w, hw=hw, channels=channels)  # noqa: E731
     y = select([lambda y, **_: y, stats], p["heavy"], y, **kw) if branch else stats(y, **kw)
     b = p["vb"] * y  # Brightness: PIL's blend with black
