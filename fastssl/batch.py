@@ -34,7 +34,10 @@ class SSLBatch(NamedTuple):
     """further strong views, each (μB, C, H, W) (ReMixMatch's augmentation anchoring)"""
     x_lb_s: Tensor | None = None
     """(B, C, H, W) strong view of the labeled images, when the algorithm asks for it (`ViewSpec.lb_strong`:
-    DeFixMatch); None otherwise"""
+    DeFixMatch) or CTAugment probes them (`--aug.policy=ctaugment`); None otherwise"""
+    x_ulb_m: Tensor | None = None
+    """(μB, C, H, W) medium view of the unlabeled images (weak + `aug.medium_num_ops` RandAugment ops +
+    Cutout), when the algorithm asks for it (`ViewSpec.medium`: SequenceMatch); None otherwise"""
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "SSLBatch":
         """Moves every tensor (a no-op for tensors already there)."""
@@ -44,6 +47,7 @@ class SSLBatch(NamedTuple):
             x_ulb_w_extra=tuple(mv(t) for t in self.x_ulb_w_extra),
             x_ulb_s_extra=tuple(mv(t) for t in self.x_ulb_s_extra),
             x_lb_s=None if self.x_lb_s is None else mv(self.x_lb_s),
+            x_ulb_m=None if self.x_ulb_m is None else mv(self.x_ulb_m),
         )
 
 
@@ -56,3 +60,5 @@ class ViewSpec(NamedTuple):
     """strong views per unlabeled sample (0 for Π-model/MixMatch-style; ReMixMatch: 2)"""
     lb_strong: bool = False
     """the labeled pipeline also emits a strong view of each labeled image, `x_lb_s` (DeFixMatch)"""
+    medium: bool = False
+    """the unlabeled pipeline also emits a medium view `x_ulb_m` (SequenceMatch; USB's RandAugment(1, 5))"""

@@ -141,6 +141,8 @@ class AugmentConfig:
     1 - crop_ratio); 0 disables the crop"""
     num_ops: int = 3
     """RandAugment ops per strong view, drawn with replacement (USB: RandAugment(3, 5) → 3; FixMatch paper: 2)"""
+    medium_num_ops: int = 1
+    """ops of the medium view, for algorithms that ask for one (SequenceMatch; USB: RandAugment(1, 5) → 1)"""
     ops: tuple[str, ...] = FIXMATCH_POOL
     """the RandAugment pool (names from ``FIXMATCH_POOL``)"""
     cutout_max_frac: float = 0.5
@@ -149,6 +151,9 @@ class AugmentConfig:
     """Cutout fill colour, uint8 RGB (USB's)"""
     geometric_fill: int = 0
     """fill of the area uncovered by Rotate/Shear/Translate (PIL's default, black)"""
+    policy: str = "randaugment"
+    """the strong view's ops: randaugment (uniform over `ops`) or ctaugment (ReMixMatch's learnt per-op,
+    per-magnitude-bin weights; fastssl.data.ctaugment; `ops` unused, `num_ops` ops per view)"""
 
     def __post_init__(self):
         unknown = [o for o in self.ops if o not in FIXMATCH_POOL]
@@ -156,6 +161,11 @@ class AugmentConfig:
             raise ValueError(f"--aug.ops has unknown ops {unknown}; choose from {list(FIXMATCH_POOL)}")
         if not self.ops and self.num_ops > 0:
             raise ValueError("--aug.ops is empty; set --aug.num_ops=0 to disable RandAugment")
+        if self.policy == "ctaugment" and self.medium_num_ops > self.num_ops:
+            raise ValueError(f"--aug.medium_num_ops={self.medium_num_ops} > --aug.num_ops={self.num_ops}: under "
+                             "CTAugment the medium view takes the first ops of a draw; lower it")
+        if self.policy not in ("randaugment", "ctaugment"):
+            raise ValueError(f"--aug.policy={self.policy!r} is unknown; use randaugment or ctaugment")
         if self.flip_prob is not None and not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"--aug.flip_prob={self.flip_prob} must be in [0, 1]")
         if not 0.0 <= self.crop_pad_frac < 1.0:

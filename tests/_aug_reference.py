@@ -3,7 +3,7 @@ magnitude at a time, on uint8 HWC numpy images. Written from PIL's documented be
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 
 def _pil(x: np.ndarray) -> Image.Image:
@@ -72,3 +72,28 @@ def ref_equalize_opencv(x: np.ndarray) -> np.ndarray:
 def ref_pad_crop(x: np.ndarray, pad: int, dy: int, dx: int) -> np.ndarray:
     p = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     return p[dy:dy + x.shape[0], dx:dx + x.shape[1]]
+
+
+def _blend_with(op):
+    return lambda img, level: Image.blend(img, op(img), level)
+
+
+def _equalize_opencv(img):
+    a = np.asarray(img)
+    return _pil(ref_equalize_opencv(a[..., None] if a.ndim == 2 else a))
+
+
+CT_REF = {
+    **REF,
+    "AutoContrast": _blend_with(ImageOps.autocontrast),
+    "Equalize": _blend_with(_equalize_opencv),  # DALI's equalize is OpenCV's formula (see test_augment)
+    "Invert": _blend_with(ImageOps.invert),
+    "Smooth": _blend_with(lambda img: img.filter(ImageFilter.SMOOTH)),
+    "Blur": _blend_with(lambda img: img.filter(ImageFilter.BLUR)),
+}
+"""FixMatch's CTAugment ops with their magnitude already mapped (ctaugment.ct_magnitudes): factor ops are
+PIL's enhancers (factor up to 2), the "blend" ops PIL's Image.blend(x, op(x), level)."""
+
+
+def ref_ct_op(x: np.ndarray, name: str, v: float) -> np.ndarray:
+    return _np(CT_REF[name](_pil(x), v), x.shape[-1])

@@ -65,11 +65,13 @@ def mean_softmax_mse_by_hand(logits: Tensor, target: Tensor) -> float:
 
 # --- logit batches -----------------------------------------------------------------------------------------
 def logits_batch(w: Tensor, s: Tensor, lb: Tensor, y_lb: Tensor, idx: Tensor | None = None,
-                 lb_s: Tensor | None = None) -> SSLBatch:
+                 lb_s: Tensor | None = None, m: Tensor | None = None) -> SSLBatch:
     """An SSLBatch whose 'images' are logits: with `IDENTITY` as the model, forward_cat returns them."""
     n = w.shape[0]
     idx = torch.arange(n) if idx is None else idx
     kw = {} if lb_s is None else {"x_lb_s": lb_s}
+    if m is not None:
+        kw["x_ulb_m"] = m
     return SSLBatch(lb, y_lb, w, s, idx, torch.zeros(n, dtype=torch.long), **kw)
 
 
@@ -135,6 +137,7 @@ def random_image_batch(views: ViewSpec, B=4, mu=2, num_classes=5, hw=6, seed=0) 
         idx_ulb=torch.arange(n), y_ulb=torch.randint(0, num_classes, (n,), generator=g),
         x_ulb_w_extra=tuple(img(n) for _ in range(max(views.num_weak - 1, 0))),
         x_ulb_s_extra=tuple(img(n) for _ in range(max(views.num_strong - 1, 0))),
+        x_ulb_m=img(n) if views.medium else None,
     )
 
 
@@ -205,6 +208,8 @@ def separable_batch(algo_cls, seed: int = 0, noise: float = 1.0) -> SSLBatch:
     w = [view(y_ulb, 0) for _ in range(spec.num_weak)]
     s = [view(y_ulb, 1) for _ in range(spec.num_strong)]
     kw = {"x_lb_s": view(y_lb, 1)} if spec.lb_strong else {}
+    if spec.medium:
+        kw["x_ulb_m"] = view(y_ulb, 1)
     return SSLBatch(view(y_lb, 0), y_lb, w[0] if w else empty, s[0] if s else empty, idx, y_ulb,
                     x_ulb_w_extra=tuple(w[1:]), x_ulb_s_extra=tuple(s[1:]), **kw)
 

@@ -179,19 +179,20 @@ def test_state_round_trip_or_no_state(name):
 
 
 def _unsynced(name):
-    """Context: the algorithm's module sees identity collectives (each rank updates from its own batch)."""
-    mod = sys.modules[get_algorithm(name).__module__]
+    """Context: the modules of the algorithm's class and its bases (SequenceMatch updates with FlexMatch's
+    code) see identity collectives (each rank updates from its own batch)."""
+    mods = {sys.modules[c.__module__] for c in get_algorithm(name).__mro__ if c.__module__.startswith("fastssl.")}
 
     @contextlib.contextmanager
     def patch():
-        saved = {k: getattr(mod, k) for k in ("all_gather_cat", "all_reduce_sum") if hasattr(mod, k)}
-        for k in saved:
-            setattr(mod, k, lambda t: t)
+        saved = {(m, k): getattr(m, k) for m in mods for k in ("all_gather_cat", "all_reduce_sum") if hasattr(m, k)}
+        for m, k in saved:
+            setattr(m, k, lambda t: t)
         try:
             yield
         finally:
-            for k, v in saved.items():
-                setattr(mod, k, v)
+            for (m, k), v in saved.items():
+                setattr(m, k, v)
     return patch()
 
 

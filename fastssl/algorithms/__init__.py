@@ -34,6 +34,7 @@ ALGORITHMS: dict[str, str] = {
     "dst": "fastssl.algorithms.dst:DST",
     "selftuning": "fastssl.algorithms.selftuning:SelfTuning",
     "mpl": "fastssl.algorithms.mpl:MPL",
+    "sequencematch": "fastssl.algorithms.sequencematch:SequenceMatch",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 

@@ -144,6 +144,8 @@ class Predictions(NamedTuple):
     """(B, C) softmax of the detached labeled logits, accumulation dtype"""
     probs_ulb_w: Tensor
     """(μB, C) softmax of the detached unlabeled weak logits, accumulation dtype"""
+    logits_ulb_m: Tensor | None = None
+    """(μB, C) unlabeled medium view, with gradient (only when `views.medium`: SequenceMatch)"""
 
 
 class PseudoLabels(NamedTuple):
@@ -225,13 +227,19 @@ class PseudoLabelAlgorithm(Algorithm):
         xs.append(batch.x_ulb_w)
         if self.views.num_strong:
             xs.append(batch.x_ulb_s)
+        if self.views.medium:
+            if batch.x_ulb_m is None:
+                raise ValueError(f"{self.name} needs a medium view of the unlabeled images (batch.x_ulb_m): build "
+                                 "the pipeline from the algorithm's ViewSpec (medium=True)")
+            xs.append(batch.x_ulb_m)
         logits = list(forward_cat(student, *xs))
         logits_lb = logits.pop(0)
         logits_lb_s = logits.pop(0) if self.views.lb_strong else None
         logits_ulb_w = logits.pop(0)
         logits_ulb_s = logits.pop(0) if self.views.num_strong else logits_ulb_w
+        logits_ulb_m = logits.pop(0) if self.views.medium else None
         return Predictions(logits_lb, logits_lb_s, logits_ulb_w, logits_ulb_s,
-                           acc(logits_lb.detach()).softmax(-1), acc(logits_ulb_w.detach()).softmax(-1))
+                           acc(logits_lb.detach()).softmax(-1), acc(logits_ulb_w.detach()).softmax(-1), logits_ulb_m)
 
     def forward(self, student: nn.Module, teacher: nn.Module, batch: SSLBatch, step: Tensor) -> StepOutput:
         p = self.predict(student, batch)

@@ -95,14 +95,20 @@ STAGE_HOST = ("M", "heavy")
 image statistics branch (Color, Contrast, Sharpness, AutoContrast, Equalize)"""
 STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "a", "e", "pd", "t")
 """a RandAugment stage's per-sample arithmetic weights (on the images' device; see `stage_params`)"""
+CT_DEVICE = ("qa", "qe", "qs", "qb", "qi")
+"""the weights CTAugment's stages add: the image its blend (by e) goes toward is the sum of the
+autocontrasted, equalized, SMOOTH-filtered, BLUR-filtered and inverted images weighted by these"""
 
 
-def stage_device(channels: int) -> tuple[str, ...]:
-    """`STAGE_DEVICE` less the Color weight on single-channel images (Color is the identity there)."""
-    return STAGE_DEVICE if channels == 3 else tuple(q for q in STAGE_DEVICE if q != "wg")
+def stage_device(channels: int, policy: str = "randaugment") -> tuple[str, ...]:
+    """The stage's arithmetic weights: `STAGE_DEVICE` (+ `CT_DEVICE` for CTAugment), less the Color weight
+    on single-channel images (Color is the identity there)."""
+    names = STAGE_DEVICE + (CT_DEVICE if policy == "ctaugment" else ())
+    return names if channels == 3 else tuple(q for q in names if q != "wg")
 
 
-def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
+def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = "randaugment"
+                 ) -> dict[str, np.ndarray]:
     """One RandAugment stage's per-sample parameters for op `names[i]` at magnitude `mags[i]` (USB units).
     Every op of the pool is a parameter of one fixed chain of DALI operators, and an op not drawn gets its
     identity value, so the graph has no per-op branches:
@@ -111,9 +117,12 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, n
       here, float32 in DALI), else the identity;
     - heavy: 1 for the ops that read image statistics, run (only for those samples) in one DALI
       conditional branch: blend PIL-style with the degenerate image ``ws·smooth + wg·grey +
-      wc·round(mean grey)`` by factor v, AutoContrast on/off (a), Equalize on/off (e);
+      wc·round(mean grey)`` by factor v, then AutoContrast on/off (a), then blend by e toward the equalized
+      image (RandAugment: e = 0/1), or with `policy` "ctaugment" toward ``qa·autocontrast + qe·equalize +
+      qs·smooth + qb·blur + qi·invert`` with e = mags: PIL's ``Image.blend(x, op(x), level)`` (a = 0);
     - vb: Brightness' factor (a blend with black), 1 otherwise: an exact identity on integers;
-    - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (256 = none)."""
+    - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (1024 = none: above a
+      brightened value, which is clipped to 255 only when stored)."""
     names, m = np.asarray(names), np.asarray(mags, np.float64)
     n, (h, w) = len(names), hw
     M = np.zeros((n, 2, 3))
@@ -128,15 +137,22 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, n
     M[names == "TranslateY", 1, 2] = m[names == "TranslateY"] * h
     colour = (names == "Color") & (channels == 3)  # PIL's grey of a grey image is itself: Color = identity
     blend = colour | (names == "Contrast") | (names == "Sharpness")
-    heavy = blend | (names == "AutoContrast") | (names == "Equalize")
+    ct_blends = ("Smooth", "Blur", "Invert") if policy == "ctaugment" else ()
+    toward = np.isin(names, ("AutoContrast", "Equalize") + ct_blends)
+    heavy = blend | toward
     post = names == "Posterize"
     pd = np.where(post, 2.0 ** (8 - np.floor(np.where(post, m, 8.0))), 1.0)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    return {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
-            "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
-            "ws": f32(names == "Sharpness"), "a": f32(names == "AutoContrast"), "e": f32(names == "Equalize"),
-            "pd": f32(pd),
-            "t": f32(np.where(names == "Solarize", m, 256.0))}
+    out = {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
+           "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
+           "ws": f32(names == "Sharpness"), "pd": f32(pd), "t": f32(np.where(names == "Solarize", m, 1024.0))}
+    if policy == "ctaugment":
+        out.update(a=f32(np.zeros(n)), e=f32(np.where(toward, m, 0.0)), qa=f32(names == "AutoContrast"),
+                   qe=f32(names == "Equalize"), qs=f32(names == "Smooth"), qb=f32(names == "Blur"),
+                   qi=f32(names == "Invert"))
+    else:
+        out.update(a=f32(names == "AutoContrast"), e=f32(names == "Equalize"))
+    return out
 
 
 def cutout_box(side, cx, cy, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,21 +171,34 @@ class ViewParams:
     a pure function of (key, step): the DALI graph holds no random operators, so a loader resumes at any
     step by asking for that step's draws again, and the draws do not depend on how many steps one DALI
     iteration makes. `host_names` feed operator arguments (CPU), `device_names` feed arithmetic; `branch`:
-    the graph is built with `stage`'s branch (which reads the "heavy" flags)."""
+    the graph is built with `stage`'s branch (which reads the "heavy" flags).
+
+    ``cfg.policy == "ctaugment"``: the strong views' ops and magnitudes are `ct`'s (a
+    `ctaugment.CTAugment`): its training draws with the weights of the step's snapshot, or with `probe`
+    its probe draws, whose bins `draw` also returns as "s{j}.bins" (not fed to DALI)."""
 
     def __init__(self, cfg: AugmentConfig, hw: tuple[int, int], channels: int, num_weak: int, num_strong: int,
-                 key: tuple[int, ...], branch: bool = False):
+                 key: tuple[int, ...], branch: bool = False, ct=None, probe: bool = False, num_medium: int = 0):
         self.cfg, self.hw, self.channels, self.nw, self.ns, self.key = cfg, hw, channels, num_weak, num_strong, key
+        self.nm = num_medium
+        if cfg.policy == "ctaugment" and num_strong + num_medium and ct is None:
+            raise ValueError("--aug.policy=ctaugment needs the CTAugment state (ViewParams(..., ct=...))")
+        self.ct, self.probe = ct, probe
         self.host_names, self.device_names = [], []
         for j in range(num_weak):
             self.host_names += [f"w{j}.{k}" for k in CROP]
-        for j in range(num_strong):
-            self.host_names += [f"s{j}.{k}" for k in CROP]
-            for k in range(cfg.num_ops):
-                self.host_names += [f"s{j}.{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
-                self.device_names += [f"s{j}.{k}.{q}" for q in stage_device(channels)]
+        for prefix, ops in self._strong_views():
+            self.host_names += [f"{prefix}{k}" for k in CROP]
+            for k in range(ops):
+                self.host_names += [f"{prefix}{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
+                self.device_names += [f"{prefix}{k}.{q}" for q in stage_device(channels, cfg.policy)]
             if cfg.cutout_max_frac > 0:
-                self.host_names += [f"s{j}.cut_anchor", f"s{j}.cut_shape"]
+                self.host_names += [f"{prefix}cut_anchor", f"{prefix}cut_shape"]
+
+    def _strong_views(self) -> list[tuple[str, int]]:
+        """(name prefix, ops) of every augmented view: strong "s{j}." then medium "m{j}."."""
+        return ([(f"s{j}.", self.cfg.num_ops) for j in range(self.ns)]
+                + [(f"m{j}.", self.cfg.medium_num_ops) for j in range(self.nm)])
 
     def draw(self, step: int, n: int) -> dict[str, np.ndarray]:
         """The draws of `n` samples at `step`."""
@@ -186,17 +215,27 @@ class ViewParams:
             crop(f"w{j}.")
         pool = np.asarray(cfg.ops)
         lo, hi = np.array([OP_RANGES[o] for o in cfg.ops]).T if len(pool) else (None, None)
-        for j in range(self.ns):
-            crop(f"s{j}.")
-            for k in range(cfg.num_ops):  # op uniform over the pool (with replacement), magnitude uniform
-                i, u = rng.integers(0, len(pool), n), rng.random(n)
-                mags = (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32)
-                p = stage_params(pool[i], mags, self.hw, self.channels)
-                out.update({f"s{j}.{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels)})
+        for prefix, ops in self._strong_views():
+            crop(prefix)
+            if cfg.policy == "ctaugment":  # CTAugment draws num_ops columns; a medium view uses the first ones
+                from fastssl.data.ctaugment import ct_magnitudes
+                if self.probe:
+                    names, lvl, out[prefix + "bins"] = self.ct.probe(rng, n)
+                else:
+                    names, lvl = self.ct.draw(rng, n, step)
+                mags = ct_magnitudes(names, lvl, self.hw).astype(np.float32)
+            for k in range(ops):  # RandAugment: op uniform over the pool (with replacement), magnitude uniform
+                if cfg.policy == "ctaugment":
+                    p = stage_params(names[:, k], mags[:, k], self.hw, self.channels, "ctaugment")
+                else:
+                    i, u = rng.integers(0, len(pool), n), rng.random(n)
+                    p = stage_params(pool[i], (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32), self.hw,
+                                     self.channels)
+                out.update({f"{prefix}{k}.{q}": p[q] for q in STAGE_HOST + stage_device(self.channels, cfg.policy)})
             if cfg.cutout_max_frac > 0:
                 side = rng.uniform(0.0, cfg.cutout_max_frac, n) * w
                 cx, cy = rng.uniform(0.0, w, n), rng.uniform(0.0, h, n)
-                out[f"s{j}.cut_anchor"], out[f"s{j}.cut_shape"] = cutout_box(side, cx, cy, self.hw)
+                out[prefix + "cut_anchor"], out[prefix + "cut_shape"] = cutout_box(side, cx, cy, self.hw)
         return out
 
     def nodes(self, per_step: int, steps_per_run: int = 1, start: int = 0, gpu: bool = False) -> dict:
@@ -249,23 +288,48 @@ def _smooth(x: DataNode, hw: tuple[int, int]) -> DataNode:
             + types.Constant(1.0 - inner, device=dev) * x)
 
 
-def _statistics_ops(y: DataNode, *, ws, wc, v, a, e, wg=None, hw, channels) -> DataNode:
+def _blur(x: DataNode, hw: tuple[int, int]) -> DataNode:
+    """PIL's BLUR filter (5x5 ring of ones / 16), rounded half up as PIL's fixed point does (the sum of
+    integers is exact in float; DALI's own rounding of /16 would meet exact halves), 2-px border kept."""
+    h, w = hw
+    k = np.ones((5, 5), dtype=np.float32)
+    k[1:4, 1:4] = 0.0
+    inner = np.zeros((h, w, 1), dtype=np.float32)
+    inner[2:-2, 2:-2] = 1.0
+    dev = "gpu" if x.device == "gpu" else "cpu"
+    s = dmath.floor((fn.filter(x, k, dtype=types.FLOAT) + 8.0) / 16.0)
+    return types.Constant(inner, device=dev) * s + types.Constant(1.0 - inner, device=dev) * x
+
+
+def _autocontrast(x: DataNode, lo: DataNode, hi: DataNode, on) -> DataNode:
+    """(x - lo) · 255 / (hi - lo) per channel where `on`; a single-valued channel is left as is (lo 0, hi 255)."""
+    on = on * (hi != lo)
+    lo, hi = lo * on, (hi - 255.0) * on + 255.0
+    return (x - lo) * (255.0 / (hi - lo))
+
+
+def _statistics_ops(y: DataNode, *, ws, wc, v, a, e, wg=None, qa=None, qe=None, qs=None, qb=None, qi=None, hw,
+                    channels) -> DataNode:
     """The ops that read image statistics, for the samples that drew one: PIL's blend with the degenerate
-    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v, then AutoContrast (a) and Equalize (e), each
-    an exact identity when its weight is 0 (v = 1: the blend is the identity on integers)."""
+    image ``ws·smooth + wg·grey + wc·round(mean grey)`` by v (Color, Contrast, Sharpness), AutoContrast (a),
+    then PIL's blend by e toward the equalized image, or, given CTAugment's weights (qa, ...), toward
+    ``qa·autocontrast + qe·equalize + qs·smooth + qb·blur + qi·invert``; each an exact identity when its
+    weights are 0 (v = 1: the blend is the identity on integers)."""
     grey = _grey(y, channels)
-    deg = ws * _smooth(y, hw) + wc * dmath.floor(
+    smooth = _smooth(y, hw)
+    deg = ws * smooth + wc * dmath.floor(
         fn.reductions.mean(grey, axis_names="HWC", keep_dims=True) + 0.5)  # PIL: int(mean + 0.5)
     if wg is not None:
         deg = deg + wg * grey
     b = deg + v * (y - deg)
     lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)  # (1, 1, C)
     hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
-    on = a * (hi != lo)  # a single-valued channel is left as is, like AutoContrast off: lo 0, hi 255
-    lo, hi = lo * on, (hi - 255.0) * on + 255.0
-    b = (b - lo) * (255.0 / (hi - lo))
-    b = b + e * (fn.equalize(y) - b)
-    return _to_u8(b)
+    b = _autocontrast(b, lo, hi, a)
+    target = fn.equalize(y)
+    if qa is not None:  # CTAugment: PIL's AutoContrast is an integer LUT, blended afterwards
+        target = (qa * dmath.floor(_autocontrast(y, lo, hi, 1.0)) + qe * target + qs * smooth + qb * _blur(y, hw)
+                  + qi * (255.0 - y))
+    return _to_u8(b + e * (target - b))
 
 
 def _to_u8(x: DataNode) -> DataNode:
@@ -281,7 +345,7 @@ def stage(x: DataNode, p: dict, *, hw, channels, fill, branch: bool = False) -> 
     drew a statistics op through those ops (a DALI conditional: 14 more operators per stage; pays off when
     the iteration's batch is large on the CPU backend, see pipeline.BRANCH_MIN_BATCH)."""
     y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
-    kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") if q in p}
+    kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") + CT_DEVICE if q in p}
     stats = lambda y, **w: _statistics_ops(y, **w, hw=hw, channels=channels)  # noqa: E731
     y = select([lambda y, **_: y, stats], p["heavy"], y, **kw) if branch else stats(y, **kw)
     b = p["vb"] * y  # Brightness: PIL's blend with black
@@ -321,12 +385,12 @@ def cutout(x: DataNode, anchor: DataNode, shape: DataNode, channels: int, fill) 
 
 
 def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: tuple[int, int], channels: int,
-                mean=None, std=None, branch: bool = False) -> DataNode:
-    """USB's strong transform on `reflect_pad`'s output: crop/flip, `num_ops` RandAugment stages, Cutout
-    (normalized if mean/std); `branch` as in `stage`."""
+                mean=None, std=None, branch: bool = False, num_ops: int | None = None) -> DataNode:
+    """USB's strong transform on `reflect_pad`'s output: crop/flip, `num_ops` (default cfg.num_ops)
+    RandAugment stages, Cutout (normalized if mean/std); `branch` as in `stage`."""
     x = crop_flip(padded, p, prefix, hw)
-    for k in range(cfg.num_ops):
-        names = [q for q in STAGE_HOST + stage_device(channels) if f"{prefix}{k}.{q}" in p]
+    for k in range(cfg.num_ops if num_ops is None else num_ops):
+        names = [q for q in STAGE_HOST + STAGE_DEVICE + CT_DEVICE if f"{prefix}{k}.{q}" in p]
         x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in names}, hw=hw, channels=channels,
                   fill=cfg.geometric_fill, branch=branch)
     if cfg.cutout_max_frac > 0:
@@ -335,15 +399,18 @@ def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: 
 
 
 def views(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean, std, num_weak: int,
-          num_strong: int, params: dict, branch: bool = False) -> list[DataNode]:
-    """`num_weak` weak then `num_strong` strong normalized float32 HWC views of the same uint8 images, with
-    one shared reflect padding; `params` are `ViewParams.nodes` of a ViewParams(cfg, ..., num_weak,
-    num_strong). A weak view is a single fused crop/flip/normalize op; `branch` as in `stage` (needs a
-    pipeline with enable_conditionals=True)."""
+          num_strong: int, params: dict, branch: bool = False, num_medium: int = 0) -> list[DataNode]:
+    """`num_weak` weak, `num_strong` strong then `num_medium` medium (`cfg.medium_num_ops` ops) normalized
+    float32 HWC views of the same uint8 images, with one shared reflect padding; `params` are
+    `ViewParams.nodes` of a ViewParams(cfg, ..., num_weak, num_strong, num_medium=num_medium). A weak view
+    is a single fused crop/flip/normalize op; `branch` as in `stage` (needs a pipeline with
+    enable_conditionals=True)."""
     padded = reflect_pad(x, hw, cfg.crop_pad_frac)
     return ([crop_flip(padded, params, f"w{j}.", hw, mean, std) for j in range(num_weak)]
             + [strong_view(padded, params, f"s{j}.", cfg, hw, channels, mean, std, branch)
-               for j in range(num_strong)])
+               for j in range(num_strong)]
+            + [strong_view(padded, params, f"m{j}.", cfg, hw, channels, mean, std, branch, cfg.medium_num_ops)
+               for j in range(num_medium)])
 
 
 def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
@@ -356,10 +423,12 @@ def normalize(x: DataNode, mean: np.ndarray, std: np.ndarray) -> DataNode:
 
 
 def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bool = False,
-           **cutout_params) -> np.ndarray:
-    """Applies one op (or per-sample ops: a list of names) through the RandAugment `stage` (or "Cutout",
+           policy: str = "randaugment", **cutout_params) -> np.ndarray:
+    """Applies one op (or per-sample ops: a list of names) through the augmentation `stage` (or "Cutout",
     with per-sample arrays `cx`, `cy` and `magnitudes` as the side in px) with fixed per-sample magnitudes
-    to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0 (device="gpu"); returns uint8 NHWC."""
+    to uint8 NHWC `images`, on DALI's CPU backend or on GPU 0 (device="gpu"); returns uint8 NHWC. `policy`:
+    "ctaugment" adds its ops (Invert, Smooth, Blur) and reads AutoContrast/Equalize's magnitude as the
+    blend level (magnitudes in `stage_params` units: see ctaugment.ct_magnitudes)."""
     from fastssl.data._dali import pipeline_def
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -369,9 +438,9 @@ def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bo
         anchor, shape = cutout_box(mags, cutout_params["cx"], cutout_params["cy"], (h, w))
         host, dev = {"anchor": anchor, "shape": shape}, {}
     else:
-        p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c)
+        p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c, policy)
         host = {q: p[q] for q in STAGE_HOST if branch or q != "heavy"}
-        dev = {q: p[q] for q in stage_device(c)}
+        dev = {q: p[q] for q in stage_device(c, policy)}
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None, enable_conditionals=True)
     def pipe():

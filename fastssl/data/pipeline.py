@@ -132,16 +132,16 @@ class _Source:
 
 @pipeline_def(enable_conditionals=True)
 def _train_graph(source: _Source, *, hw, channels, aug, mean, std, num_weak, num_strong, gpu, encoded, key=(0,),
-                 branch=False):
-    """The views of `source`'s images with every random draw from ViewParams(..., key) (no DALI random
-    operators: the pipeline's output is a pure function of the source's iteration). `branch`: see
-    augment.stage."""
+                 branch=False, ct=None, probe=False, num_medium=0):
+    """The views of `source`'s images with every random draw from ViewParams(..., key, ct=ct, probe=probe)
+    (no DALI random operators: the pipeline's output is a pure function of the source's iteration, and of
+    CTAugment's weight snapshot for it). `branch`: see augment.stage."""
     imgs, labels, idx = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
                                            layout=[None if encoded else "HWC", None, None])
     imgs = _load(imgs, hw, channels, gpu, encoded)
-    params = ViewParams(aug, hw, channels, num_weak, num_strong, key, branch).nodes(
+    params = ViewParams(aug, hw, channels, num_weak, num_strong, key, branch, ct, probe, num_medium).nodes(
         source.sampler.batch, source.steps_per_run, source.start, gpu)
-    out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong, params, branch)
+    out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong, params, branch, num_medium)
     if gpu:
         labels, idx = labels.gpu(), idx.gpu()
     return (*out, labels, idx)
@@ -230,20 +230,30 @@ class TrainLoader:
         b_ulb = _per_rank(batch_size * uratio, world_size, "--data.batch_size × --data.uratio")
         self.device, self.views, self.hw, self.channels = torch.device(device), views, hw, ch
         gpu = self.device.type == "cuda"
-        floats = (b_lb * (1 + int(views.lb_strong)) + b_ulb * (views.num_weak + views.num_strong)) * hw[0] * hw[1] * ch
+        self.ctaugment = None
+        if aug.policy == "ctaugment":  # the labeled strong view is CTAugment's probe: always made
+            from fastssl.data.ctaugment import CTAugment
+            self.ctaugment = CTAugment(aug.num_ops)
+            views = self.views = views._replace(lb_strong=True)
+        floats = (b_lb * (1 + int(views.lb_strong))
+                  + b_ulb * (views.num_weak + views.num_strong + int(views.medium))) * hw[0] * hw[1] * ch
         self.steps_per_run = k = steps_per_run or max(1, min(8, (4 << 20) // (4 * floats)))
+        if self.ctaugment is not None:  # DALI asks for iteration c's draws while running iteration c - prefetch + 1
+            self.ctaugment.steps_per_run, self.ctaugment.lag = k, max(prefetch - 1, 0)
+            self._probe = ViewParams(aug, hw, ch, 1, 1, (seed, _LB, rank), ct=self.ctaugment, probe=True)
+            self._b_lb = b_lb
         self._specs = {}
-        for key, stream, n, b, x, y, files, nw, ns in (
-            ("lb", _LB, n_lb, b_lb, lb_x, lb_y, lb_files, 1, int(views.lb_strong)),
-            ("ulb", _ULB, n_ulb, b_ulb, ulb_x, ulb_y, ulb_files, views.num_weak, views.num_strong),
+        for key, stream, n, b, x, y, files, nw, ns, nm in (
+            ("lb", _LB, n_lb, b_lb, lb_x, lb_y, lb_files, 1, int(views.lb_strong), 0),
+            ("ulb", _ULB, n_ulb, b_ulb, ulb_x, ulb_y, ulb_files, views.num_weak, views.num_strong, int(views.medium)),
         ):
-            if nw + ns == 0:
+            if nw + ns + nm == 0:
                 continue  # an algorithm that reads no unlabeled view (supervised): no unlabeled pipeline
             sampler = EpochSampler(n, b, seed, stream, rank, world_size)
             self._specs[key] = dict(
                 source=_Source(x, y, sampler, files, k), **graph_kwargs(aug, hw, ch, mean, std, nw, ns, gpu),
                 encoded=encoded, key=(seed, stream, rank), batch_size=b * k, num_threads=num_threads,
-                branch=not gpu and b * k >= BRANCH_MIN_BATCH,
+                branch=not gpu and b * k >= BRANCH_MIN_BATCH, ct=self.ctaugment, probe=key == "lb", num_medium=nm,
                 device_id=(self.device.index or 0) if gpu else None, prefetch_queue_depth=prefetch)
         self._keep = _KeepAlive(in_flight, torch.cuda.Event if gpu else None)
         self._start(0)
@@ -295,16 +305,22 @@ class TrainLoader:
             none = torch.empty(0, dtype=torch.int64, device=lb[1].device)
             return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=empty, x_ulb_s=empty, idx_ulb=none, y_ulb=none,
                             x_lb_s=x_lb_s)
-        ulb = part["ulb"]
-        nw, ns = self.views.num_weak, self.views.num_strong
+        ulb = part["ulb"]  # weak..., strong..., [medium], y, idx
+        nw, ns, nm = self.views.num_weak, self.views.num_strong, int(self.views.medium)
         weak, strong = [_nchw(t) for t in ulb[:nw]], [_nchw(t) for t in ulb[nw:nw + ns]]
+        x_ulb_m = _nchw(ulb[nw + ns]) if nm else None
         if not strong:
             h, w = self.hw
             empty = torch.empty((0, self.channels, h, w), dtype=weak[0].dtype, device=weak[0].device)
             strong = [empty]
         return SSLBatch(x_lb=_nchw(lb[0]), y_lb=lb[1], x_ulb_w=weak[0], x_ulb_s=strong[0],
-                        idx_ulb=ulb[nw + ns + 1], y_ulb=ulb[nw + ns],
-                        x_ulb_w_extra=tuple(weak[1:]), x_ulb_s_extra=tuple(strong[1:]), x_lb_s=x_lb_s)
+                        idx_ulb=ulb[nw + ns + nm + 1], y_ulb=ulb[nw + ns + nm],
+                        x_ulb_w_extra=tuple(weak[1:]), x_ulb_s_extra=tuple(strong[1:]), x_lb_s=x_lb_s, x_ulb_m=x_ulb_m)
+
+    def probe_bins(self) -> np.ndarray:
+        """--aug.policy=ctaugment: the CTAugment bins (B, num_ops) of the last batch's `x_lb_s`, the probe
+        view (its draws again: a pure function of the step)."""
+        return self._probe.draw(self._step - 1, self._b_lb)["s0.bins"]
 
     def state_dict(self) -> dict:
         """The number of batches handed out: every batch is a pure function of (seed, rank, step)."""

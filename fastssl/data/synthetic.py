@@ -76,7 +76,8 @@ class SyntheticTrainLoader:
                 x_lb=make.images(b_lb), y_lb=y[lb].to(device), x_ulb_w=weak[0], x_ulb_s=strong[0],
                 idx_ulb=pos.to(device), y_ulb=y[torch.as_tensor(ulb_idx)[pos]].to(device),
                 x_ulb_w_extra=tuple(weak[1:]), x_ulb_s_extra=tuple(strong[1:]),
-                x_lb_s=make.images(b_lb) if views.lb_strong else None))
+                x_lb_s=make.images(b_lb) if views.lb_strong else None,
+                x_ulb_m=make.images(len(pos)) if views.medium else None))
         self._next = 0
 
     def __iter__(self):

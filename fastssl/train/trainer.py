@@ -111,6 +111,7 @@ class Trainer:
         self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0}
         torch.manual_seed(t.seed + 1 + self.rank)  # per-rank stream for the algorithms' own randomness
         self._batches = iter(self.data.train) if build_train else None
+        self.ctaugment = getattr(self.data.train, "ctaugment", None)  # --aug.policy=ctaugment: learnt op weights
         self.out_dir: Path | None = Path(t.out) if t.out else None
         if resume:
             self._resume(ckpt_io.load_checkpoint(resume))
@@ -131,6 +132,8 @@ class Trainer:
         self.algorithm.update_state(batch, out.state)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             self.algorithm.after_step(self.model, batch, out.state)  # eager, outside the compiled step (MPL's teacher)
+        if self.ctaugment is not None:  # CTAugment learns its weights from the labeled probe view (host sync)
+            self.ctaugment.probe_step(self.model, batch.x_lb_s, batch.y_lb, self.data.train.probe_bins())
         self.step += 1
         self.step_t += 1
         vals = torch.stack([out.loss.detach().float(), *(v.float() for v in out.metrics.values())])
@@ -299,6 +302,7 @@ class Trainer:
             "metric_interval": self._interval, "world_size": self.world,
             "loader": [r["loader"] for r in per_rank], "rng": [r["rng"] for r in per_rank],
             "config": self.cfg.to_dict(), "split": split_state(self.data.split, self.data.split_meta),
+            "ctaugment": self.ctaugment and self.ctaugment.state_dict(),  # identical on every rank
         }
         path = self.out_dir / f"ckpt-{self.step}.pt"
         ckpt_io.save_atomic(state, path)
@@ -333,6 +337,8 @@ class Trainer:
         if self._batches is not None:
             self.data.train.load_state_dict(ck["loader"][self.rank])
             self._batches = iter(self.data.train)
+        if self.ctaugment is not None:
+            self.ctaugment.load_state_dict(ck["ctaugment"])
         ckpt_io.set_rng_state(ck["rng"][self.rank])
         if self.out_dir is None:
             self.out_dir = Path(ck["path"]).parent
