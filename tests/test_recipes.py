@@ -42,7 +42,7 @@ def test_derived_recipes_equal_the_hand_listed_table_they_replace():
     is the hand-listed table of recipes.py before the derivation (git 5af0172), dumped with json: every name,
     its order and every override must be the same."""
     before = json.loads((Path(__file__).parent / "data" / "recipes_before_derivation.json").read_text())
-    assert list(RECIPES) == list(before)
+    assert [n for n in RECIPES if n in before] == list(before)  # algorithms added since: names of their own
     for name, overrides in before.items():
         assert RECIPES[name] == overrides, name
 
