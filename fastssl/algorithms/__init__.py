@@ -28,6 +28,8 @@ ALGORITHMS: dict[str, str] = {
     "remixmatch": "fastssl.algorithms.remixmatch:ReMixMatch",
     "vat": "fastssl.algorithms.vat:VAT",
     "ict": "fastssl.algorithms.ict:ICT",
+    "comatch": "fastssl.algorithms.comatch:CoMatch",
+    "crmatch": "fastssl.algorithms.crmatch:CRMatch",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
