@@ -58,7 +58,7 @@ def _reference(algo, model, batch, T, alpha, tau, ctau, lam_u, lam_c):
     qs = []
     for w in batch.x_ulb_w:
         p = softmax_by_hand(model(w[None])[0])
-        al = [pi * (1 / C) / m for pi, m in zip(p, pm)]
+        al = [pi * (1 / C + 1e-6) / (m + 1e-6) for pi, m in zip(p, pm)]
         al = [v / sum(al) for v in al]
         zw = _embed(algo, model, w)
         a = softmax_by_hand([_dot(zw, zk) for zk in Z], T)
@@ -83,6 +83,8 @@ def test_registered_and_needs_the_feature_width():
         CoMatch(CoMatch.Config(), **{k: v for k, v in INIT.items() if k != "num_features"})
     with pytest.raises(ValueError, match="smoothing_alpha"):
         CoMatch.Config(smoothing_alpha=1.5)
+    with pytest.raises(ValueError, match="contrast_tau"):
+        CoMatch.Config(contrast_tau=1.5)  # would cut the diagonal: a graph row of zeros, 0/0
     assert set(_algo().state_dict()) >= {"queue_feats", "queue_probs", "queue_ptr", "queue_filled", "p_model_hist"}
 
 
@@ -96,8 +98,8 @@ def test_loss_matches_per_sample_loop():
     *_, qs = _reference(algo, model, batch, T, alpha, 0.0, 0.0, 1.0, 1.0)
     top = sorted(max(q) for q in qs)
     tau = (top[3] + top[4]) / 2
-    edges = sorted(_dot(qs[i], qs[j]) for i in range(8) for j in range(8) if i != j)
-    ctau = edges[len(edges) // 2]
+    edges = sorted({round(_dot(qs[i], qs[j]), 12) for i in range(8) for j in range(i)})
+    ctau = (edges[len(edges) // 2 - 1] + edges[len(edges) // 2]) / 2  # between two edges: no rounding tie
     ref, sup, unsup, contrast, _ = _reference(algo, model, batch, T, alpha, tau, ctau, lam_u, lam_c)
     algo.cfg.tau, algo.cfg.contrast_tau, algo.cfg.lambda_u, algo.cfg.lambda_c = tau, ctau, lam_u, lam_c
     out = algo(model, teacher_copy(model), batch, torch.tensor(3))

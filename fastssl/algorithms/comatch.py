@@ -34,8 +34,9 @@ Differences from USB's comatch (deliberate):
   end wraps to the start (USB truncates it), so every row of every step is kept.
 - Memory smoothing starts when the queue is full (the fill count, a buffer); USB starts it after the
   first epoch and `queue_batch` steps, by the step counter.
-- Distribution alignment uses the history up to the previous step (uniform at the start); USB pushes the
-  current batch first and averages a zero-initialised queue. One step of lag in a 32-step average.
+- Distribution alignment (USB's formula, ε = 1e-6) uses the history up to the previous step (uniform at
+  the start); USB pushes the current batch first and averages a zero-initialised queue. One step of lag
+  in a 32-step average.
 - log softmax instead of USB's log(softmax + 1e-7) in the contrastive loss.
 - The queue stores what USB stores (weak-view embeddings and aligned, unsmoothed probabilities; labeled
   embeddings and one-hot labels), in the order [unlabeled rows, labeled rows] of each rank, rank after rank.
@@ -52,7 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.algorithms.base import Algorithm, AlgorithmConfig, StepOutput
-from fastssl.algorithms.losses import acc, one_hot, pseudo_label_metrics, regularizers, soft_ce
+from fastssl.algorithms.losses import acc, dist_align, one_hot, pseudo_label_metrics, regularizers, soft_ce
+from fastssl.algorithms.memory import ProjectionHead, ring_write
 from fastssl.batch import SSLBatch, ViewSpec
 from fastssl.collectives import all_gather_cat, all_reduce_sum, world_size
 
@@ -83,8 +85,10 @@ class CoMatchConfig(AlgorithmConfig):
             raise ValueError(f"--algo.T={self.T} must be > 0 and --algo.queue_size={self.queue_size}, "
                              f"--algo.proj_size={self.proj_size}, --algo.num_proj={self.num_proj}, "
                              f"--algo.da_len={self.da_len} ≥ 1 (CoMatch: 0.2, 2560, 64, 3, 32)")
-        if not 0 <= self.smoothing_alpha <= 1:
-            raise ValueError(f"--algo.smoothing_alpha={self.smoothing_alpha}: use [0, 1] (CoMatch: 0.9)")
+        if not 0 <= self.smoothing_alpha <= 1 or not self.contrast_tau <= 1:
+            raise ValueError(f"--algo.smoothing_alpha={self.smoothing_alpha} must be in [0, 1] and "
+                             f"--algo.contrast_tau={self.contrast_tau} ≤ 1, so that each sample stays its own "
+                             "positive (CoMatch: 0.9, 0.8)")
 
 
 class CoMatchState(NamedTuple):
@@ -94,19 +98,6 @@ class CoMatchState(NamedTuple):
     """(μB + B, C) aligned weak-view probabilities (before smoothing), then labeled one-hots"""
     probs_mean: Tensor
     """(C,) this rank's mean weak-view prediction (unaligned), for the alignment history"""
-
-
-class ProjectionHead(nn.Module):
-    """`num` MLPs (Linear–ReLU–Linear) averaged, then L2-normalised: (N, F) → (N, out) unit rows."""
-
-    def __init__(self, in_features: int, out_features: int, num: int):
-        super().__init__()
-        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(),
-                                                nn.Linear(in_features, out_features)) for _ in range(num))
-
-    def forward(self, h: Tensor) -> Tensor:
-        z = sum(mlp(h) for mlp in self.mlps) / len(self.mlps)
-        return F.normalize(acc(z), dim=-1)
 
 
 class CoMatch(Algorithm):
@@ -140,8 +131,7 @@ class CoMatch(Algorithm):
     def pseudo_labels(self, probs_w: Tensor, z_w: Tensor) -> tuple[Tensor, Tensor]:
         """(aligned probabilities, memory-smoothed pseudo-labels q) of the weak view; no gradient."""
         cfg: CoMatchConfig = self.cfg
-        aligned = probs_w * self.p_target / self.p_model_hist.mean(0).clamp_min(1e-12)
-        aligned = aligned / aligned.sum(-1, keepdim=True)
+        aligned = dist_align(probs_w, self.p_target, self.p_model_hist.mean(0))
         a = (z_w @ self.queue_feats.to(z_w.dtype).T / cfg.T).softmax(-1)  # (μB, S) similarity to the memory
         smoothed = cfg.smoothing_alpha * aligned + (1 - cfg.smoothing_alpha) * (a @ self.queue_probs.to(a.dtype))
         full = self.queue_filled >= cfg.queue_size
@@ -179,16 +169,7 @@ class CoMatch(Algorithm):
     def update_state(self, batch: SSLBatch, state: CoMatchState) -> None:
         """Writes every rank's rows (rank order) into the queue at the pointer, wrapping; pushes the
         rank-averaged mean prediction into the alignment history."""
-        S = self.cfg.queue_size
-        feats = all_gather_cat(state.feats.to(self.queue_feats.dtype))
-        probs = all_gather_cat(state.probs.to(self.queue_probs.dtype))
-        k = feats.shape[0]
-        rows = (self.queue_ptr + torch.arange(k, device=feats.device)) % S
-        if k > S:  # a push larger than the queue: only its last S rows survive (keeps the write race-free)
-            rows, feats, probs = rows[-S:], feats[-S:], probs[-S:]
-        self.queue_feats.index_copy_(0, rows, feats)
-        self.queue_probs.index_copy_(0, rows, probs)
-        self.queue_ptr.copy_((self.queue_ptr + k) % S)
-        self.queue_filled.copy_(torch.clamp(self.queue_filled + k, max=S))
+        ring_write([self.queue_feats, self.queue_probs], [all_gather_cat(state.feats), all_gather_cat(state.probs)],
+                   self.queue_ptr, self.queue_filled)
         mean = all_reduce_sum(state.probs_mean.to(self.p_model_hist.dtype)) / world_size()
         self.p_model_hist.copy_(torch.cat([self.p_model_hist[1:], mean[None]]))
