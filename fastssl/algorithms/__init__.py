@@ -30,6 +30,7 @@ ALGORITHMS: dict[str, str] = {
     "ict": "fastssl.algorithms.ict:ICT",
     "comatch": "fastssl.algorithms.comatch:CoMatch",
     "crmatch": "fastssl.algorithms.crmatch:CRMatch",
+    "simmatch": "fastssl.algorithms.simmatch:SimMatch",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
