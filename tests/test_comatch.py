@@ -189,3 +189,16 @@ def test_real_dali_batch_feeds_both_strong_views():
     same = algo(model, teacher_copy(model), batch._replace(x_ulb_s_extra=(s0,)), torch.tensor(0))
     assert float(same.metrics["contrast_loss"]) != pytest.approx(float(out.metrics["contrast_loss"]), rel=1e-3)
     algo.update_state(batch, out.state)
+
+
+def test_ring_write_keeps_the_last_rows_of_an_oversized_push():
+    from fastssl.algorithms.memory import ring_write
+
+    bank, labels = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    ptr, filled = torch.tensor(3), torch.tensor(0)
+    rows = torch.arange(12.0).view(6, 2)  # 6 rows into 4 slots from position 3: rows 2..5 survive
+    ring_write([bank, labels], [rows, torch.arange(6)], ptr, filled)
+    # row i goes to (3 + i) % 4: rows 2, 3, 4, 5 land in slots 1, 2, 3, 0
+    assert torch.equal(labels, torch.tensor([5, 2, 3, 4]))
+    assert torch.equal(bank, rows[[5, 2, 3, 4]])
+    assert int(ptr) == (3 + 6) % 4 and int(filled) == 4

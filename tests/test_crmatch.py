@@ -47,21 +47,26 @@ def test_loss_matches_per_sample_loop():
     tau = (maxprob[3] + maxprob[4]) / 2  # half the rows pseudo-labeled, half masked out
     lam_u, lam_ds, lam_rot = 0.7, 1.3, 0.4
     algo = _algo(tau=tau, lambda_u=lam_u, lambda_ds=lam_ds, lambda_rot=lam_rot)
+    with torch.no_grad():  # centre the projection on these views: similarities of both signs (the clamp matters)
+        h = f(torch.cat([batch.x_ulb_w, batch.x_ulb_s]))
+        algo.ds_head.bias.sub_(algo.ds_head(h).mean(0))
     out = algo(model, teacher_copy(model), batch, torch.tensor(7))
 
     n, B = 8, 4
     sup = sum(ce_by_hand(model(x[None])[0], int(y)) for x, y in zip(batch.x_lb, batch.y_lb)) / B
     pl = ds = 0.0
-    kept = 0
+    kept, signs = 0, set()
     for w, s in zip(batch.x_ulb_w, batch.x_ulb_s):
         p = softmax_by_hand(model(w[None])[0])
         if max(p) >= tau:
             kept += 1
             pl += ce_by_hand(model(s[None])[0], p.index(max(p))) / n
-            ds += max(0.0, _cos(algo.ds_head(f(s[None]))[0], algo.ds_head(f(w[None]))[0])) / n
+            cos = _cos(algo.ds_head(f(s[None]))[0], algo.ds_head(f(w[None]))[0])
+            signs.add(cos > 0)
+            ds += max(0.0, cos) / n
     rot = sum(ce_by_hand(algo.rot_head(f(torch.rot90(w, k, dims=(-2, -1))[None]))[0], k)
               for k in range(4) for w in batch.x_ulb_w[:B]) / (4 * B)
-    assert kept == 4 and ds > 0
+    assert kept == 4 and signs == {True, False}
     ref = sup + lam_u * pl + lam_ds * ds + lam_rot * rot
     assert float(out.loss.detach()) == pytest.approx(ref, rel=1e-10)
     for key, val in (("sup_loss", sup), ("unsup_loss", pl), ("ds_loss", ds), ("rot_loss", rot)):
