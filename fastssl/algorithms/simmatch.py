@@ -43,6 +43,10 @@ Differences from USB's simmatch (deliberate):
 - Distribution alignment (USB's formula, ε = 1e-6) uses the history up to the previous step (uniform at
   the start); USB pushes the current batch first into a zero-initialised queue.
 - log softmax instead of USB's log(softmax) in the instance loss (same value, finite for underflows).
+- The bank stores the student's labeled embeddings, USB's CIFAR / SVHN / STL setting; its ImageNet setting
+  (embeddings from the EMA teacher, no per-slot momentum) is not implemented.
+- The recipes do not set `bank_size` (one recipe serves all three label counts): cifar10_simmatch_250 and
+  _4000 need `--algo.bank_size=250` / `4000` to match USB's K.
 
 Defaults: USB classic-CV CIFAR-10 (T = 0.1, τ = 0.95, α = 0.9, λ_in = 1, proj 128, da_len 32, K = 40:
 the 40-label split; set `bank_size` to the split's labeled count for the others).
