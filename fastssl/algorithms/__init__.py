@@ -35,6 +35,9 @@ ALGORITHMS: dict[str, str] = {
     "selftuning": "fastssl.algorithms.selftuning:SelfTuning",
     "mpl": "fastssl.algorithms.mpl:MPL",
     "sequencematch": "fastssl.algorithms.sequencematch:SequenceMatch",
+    "comatch": "fastssl.algorithms.comatch:CoMatch",
+    "crmatch": "fastssl.algorithms.crmatch:CRMatch",
+    "simmatch": "fastssl.algorithms.simmatch:SimMatch",
 }
 """name → "module:Class"; the order is the listing order (`fastssl info`, recipes)"""
 
