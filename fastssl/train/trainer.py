@@ -123,13 +123,20 @@ class Trainer:
         """The step as two compiled functions, each one graph (fullgraph: a graph break fails loudly):
         `forward` (the algorithm's forward and loss; AOTAutograd also compiles its backward, which
         `loss.backward()` runs) and `after_backward` (lr, optimizer, EMA, algorithm state, metric sums).
-        Everything the second one writes in place is marked a static address, so CUDA graphs (reduce-overhead)
-        replay into it instead of copying it; the batch, whose tensors move every step, is copied in."""
-        opts = {"backend": self.compile_backend, "fullgraph": True, **({} if mode == "default" else {"mode": mode})}
+        Under DDP the DDP module itself is compiled instead of `_forward` (Dynamo cannot trace into DDP's
+        Python forward; compiling the DDP module lets it run that eagerly and split the model's graph at
+        the gradient buckets, so the all-reduces overlap the backward): one forward graph per bucket.
+        Everything `after_backward` writes in place is marked a static address, so CUDA graphs
+        (reduce-overhead) replay into it instead of copying it; the batch, whose tensors move every step
+        (DALI's buffers), is copied into the graphs' own input buffers."""
+        opts = {"backend": self.compile_backend, **({} if mode == "default" else {"mode": mode})}
         for t in [self.step_t, self.lr, self.ema_decay, *self.ema.flat_buffers(), *self.algorithm.buffers()]:
             self._static(t)
-        self.forward = torch.compile(self._forward, **opts)
-        self.after_backward = torch.compile(self._after_backward, **opts)
+        if isinstance(self.net, DDP):
+            self.net = torch.compile(self.net, **opts)
+        else:
+            self.forward = torch.compile(self._forward, fullgraph=True, **opts)
+        self.after_backward = torch.compile(self._after_backward, fullgraph=True, **opts)
 
     def _static(self, t: torch.Tensor) -> torch.Tensor:
         if self.compiled:
