@@ -58,7 +58,8 @@ class TrainStep(nn.Module):
 
 class Trainer:
     compile_backend: str = "inductor"
-    """torch.compile backend of the step; the CPU tests trace with "aot_eager" (the same graphs, no codegen)"""
+    """torch.compile backend of the step: a name, or a backend object (a plain function here would be bound as
+    a method); the CPU tests trace with "aot_eager" (the same graphs, no code generation)"""
 
     def __init__(self, cfg: Config, *, build_train: bool = True):
         self.cfg = cfg.validate()
