@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from fastssl.algorithms import ALGORITHMS, get_algorithm
+from fastssl.algorithms.losses import mixup_lambda
 from fastssl.config import Config, OptimConfig, apply_overrides
 from fastssl.train.optim import lr_at, lr_tensor
 from fastssl.train.trainer import Trainer
@@ -81,14 +82,7 @@ def backend(monkeypatch):
     torch._dynamo.reset()
 
 
-DRAWS_DIFFER = pytest.mark.xfail(strict=True, reason=(
-    "open: ICT's step under AOTAutograd differs from eager's from step 0 on. Dynamo alone (backend='eager') "
-    "matches exactly; aot_eager matches with λ fixed, and also when the λ and permutation draws are returned "
-    "from the graph (the draws then equal eager's). The forward graph holds the random ops in eager's order. "
-    "Not pinned down: an AOTAutograd effect around the two Beta samples of one step"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=DRAWS_DIFFER) if n == "ict" else n for n in sorted(ALGORITHMS)])
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_compiled_step_equals_eager_in_two_graphs(name, backend, tmp_path):
     eager = Trainer(_cfg(tmp_path / "e", name, "off"))
     comp = Trainer(_cfg(tmp_path / "c", name, "on"))
@@ -98,6 +92,25 @@ def test_compiled_step_equals_eager_in_two_graphs(name, backend, tmp_path):
     # forward+loss and after-backward, each once: fullgraph=True would have raised at a graph break, and a
     # recompile (a new lr, step, ramp value or optimizer state) would have compiled a third graph
     assert backend.frame_count == 2, f"{backend.frame_count} graphs compiled"
+
+
+def test_two_mixup_draws_stay_two_in_a_compiled_graph():
+    """Two λ draws in one graph (ICT's labeled and unlabeled MixUp) are two draws, the same ones as eager's.
+    With Beta.sample(), AOTAutograd's common-subexpression pass merged them into one (its op,
+    _sample_dirichlet, is not on the pass's list of random ops), so compiled ICT mixed both batches with
+    one λ; the trainer's default backend, inductor, runs the same pass."""
+    x = torch.randn(4, 3)
+
+    def two(x):  # the draws stay inside the graph (returned, they were kept apart)
+        return (mixup_lambda(1.0, x, biased=False) * x).sum() + (mixup_lambda(1.0, x, biased=False) * x.square()).sum()
+
+    torch.manual_seed(0)
+    lams = [mixup_lambda(1.0, x, biased=False) for _ in range(2)]
+    assert lams[0] != lams[1]
+    want = (lams[0] * x).sum() + (lams[1] * x.square()).sum()
+    torch.manual_seed(0)
+    got = torch.compile(two, backend="aot_eager", fullgraph=True)(x.clone().requires_grad_())
+    torch.testing.assert_close(got.detach(), want)
 
 
 def test_lr_tensor_follows_the_host_schedule():
