@@ -80,3 +80,54 @@ def test_gpu_run_learns_and_resumes_exactly(tmp_path):
     full = Trainer(gpu_cfg(tmp_path / "full", **{"train.ckpt_every": 10})).fit()
     resumed = Trainer(gpu_cfg(tmp_path / "res", **{"train.resume": str(tmp_path / "full" / "ckpt-10.pt")})).fit()
     assert abs(full["top1"] - resumed["top1"]) <= 0.5
+
+
+def test_reduce_overhead_step_with_moving_inputs_equals_eager(tmp_path, monkeypatch):
+    """--train.compile_mode=reduce-overhead (CUDA graphs) with inputs that move every step, as DALI's do: each
+    batch is a fresh copy, and once the step is done the copy is overwritten with garbage. A graph that kept a
+    pointer to an earlier step's batch (instead of copying each new batch into its static inputs) would read
+    garbage, and the 0-d step, lr and metric sums must advance in place. Against the eager fp32 step on the same
+    batches over 6 steps (lr warm-up and FlexMatch's per-sample state included): losses and metric sums, weights,
+    EMA and algorithm state; and two graphs, no recompile."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch._dynamo.reset()
+    counters.clear()
+    runs = {}
+    for compile in ("on", "off"):
+        tr = Trainer(synthetic_cfg(tmp_path / compile, **{"train.compile": compile, "train.amp": "off",
+                                                          "algo.name": "flexmatch", "algo.tau": 0.05,
+                                                          "optim.warmup_steps": 2,
+                                                          "train.compile_mode": "reduce-overhead"}))
+        assert tr.cudagraphs == (compile == "on")
+        source, held = tr._batches, []
+
+        def moving(source=source, held=held):
+            for b in source:
+                fresh = type(b)(*(t.clone() if isinstance(t, torch.Tensor) else t for t in b))
+                for old in held:  # the previous step's copies: dead now, poisoned
+                    for t in old:
+                        if isinstance(t, torch.Tensor):
+                            t.fill_(float("nan") if t.is_floating_point() else -1)
+                held[:] = [fresh]
+                yield fresh
+
+        tr._batches = moving()
+        sums = []
+        for _ in range(6):
+            tr.train_step()
+            sums.append(tr._metric_sum.clone())
+        tr.sync()
+        runs[compile] = (torch.stack(sums), [p.detach().clone() for p in tr.model.parameters()],
+                         [p.detach().clone() for p in tr.ema.module.parameters()],
+                         {k: v.clone() for k, v in tr.algorithm.state_dict().items()}, tr.step_t.item(), tr.lr.item())
+    (m_on, w_on, e_on, a_on, s_on, lr_on), (m_off, w_off, e_off, a_off, s_off, lr_off) = runs["on"], runs["off"]
+    assert torch.isfinite(m_on).all()
+    torch.testing.assert_close(m_on, m_off, rtol=1e-3, atol=1e-4)
+    for a, b in zip(w_on + e_on, w_off + e_off):
+        assert (a - b).norm() <= 0.05 * b.norm(), ((a - b).norm().item(), b.norm().item())
+    torch.testing.assert_close(a_on["classwise_acc"], a_off["classwise_acc"], rtol=1e-3, atol=1e-3)
+    assert s_on == s_off == 6 and lr_on == pytest.approx(lr_off)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])

@@ -217,9 +217,14 @@ def sharpen(p: Tensor, T: float) -> Tensor:
 def mixup_lambda(alpha: float, like: Tensor, *, biased: bool) -> Tensor:
     """λ ~ Beta(α, α) as a 0-d tensor on `like`'s device (no host round trip). `biased`: λ' = max(λ, 1 − λ),
     MixMatch's choice, so the mixed sample stays closer to its first input (whose loss it is counted in)."""
-    conc = torch.full((), alpha, dtype=torch.float32, device=like.device)
+    # Drawn as G1/(G1 + G2), G1, G2 ~ Gamma(α) (Beta's definition), not with Beta.sample(): its op,
+    # _sample_dirichlet, is missing from AOTAutograd's list of random ops that common-subexpression
+    # elimination keeps apart (torch 2.13), so two draws with the same α in one compiled graph became one
+    # (ICT's labeled and unlabeled λ); _standard_gamma is on the list.
     # validate_args=False: checking the concentration's range would read it back to the host
-    lam = torch.distributions.Beta(conc, conc, validate_args=False).sample()
+    conc = torch.full((2,), alpha, dtype=torch.float32, device=like.device)
+    g = torch.distributions.Gamma(conc, torch.ones_like(conc), validate_args=False).sample()
+    lam = g[0] / g.sum()
     return torch.maximum(lam, 1.0 - lam) if biased else lam
 
 

@@ -96,6 +96,10 @@ class EMATeacher(nn.Module):
             flats.append((_flatten_(ts)[0], _flatten_(ss)[0]))
         return flats
 
+    def flat_buffers(self) -> list[Tensor]:
+        """Every flat buffer (teacher and student): what `update` reads and writes."""
+        return [t for pair in self._param_flats + self._buf_flats for t in pair]
+
     def check_aliasing(self) -> None:
         """Raise if a parameter or buffer no longer lives in its flat buffer (host-only; no sync)."""
         if [t.data_ptr() for t in self._tracked] != self._ptrs:

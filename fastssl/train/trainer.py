@@ -30,7 +30,7 @@ from fastssl.train.distributed import init_from_env
 from fastssl.train.ema import EMATeacher
 from fastssl.train.loggers import open_loggers
 from fastssl.train.metrics import Progress, Stopwatch, topk_correct
-from fastssl.train.optim import build_optimizer, lr_at, set_lr
+from fastssl.train.optim import build_optimizer, load_optimizer_state, lr_at, lr_tensor, unwrapped_step
 from fastssl.train.provenance import provenance
 
 
@@ -57,6 +57,10 @@ class TrainStep(nn.Module):
 
 
 class Trainer:
+    compile_backend: str = "inductor"
+    """torch.compile backend of the step: a name, or a backend object (a plain function here would be bound as
+    a method); the CPU tests trace with "aot_eager" (the same graphs, no code generation)"""
+
     def __init__(self, cfg: Config, *, build_train: bool = True):
         self.cfg = cfg.validate()
         t = cfg.train
@@ -90,7 +94,7 @@ class Trainer:
         self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
                                   total_steps=t.steps, num_features=self.model.num_features,
                                   make_model=make_model).to(self.device)
-        self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device)
+        self.optimizer = build_optimizer([self.model, self.algorithm], cfg.optim, self.device, compiled=self.compiled)
         self.net = TrainStep(self.model, self.algorithm)
         if is_dist():
             # broadcast_buffers=False: BN statistics are made identical at each eval/checkpoint instead
@@ -99,14 +103,18 @@ class Trainer:
             self.net = DDP(self.net, device_ids=[self.device] if cuda else None, broadcast_buffers=False)
         if self.compiled and cuda:
             load_triton()  # the CUDA step dispatches to the Triton kernels: import them now, not under Dynamo
-        self.forward = (torch.compile(self._forward, mode=None if t.compile_mode == "default" else t.compile_mode)
-                        if self.compiled else self._forward)
         self.ema_decay = torch.tensor(t.ema_decay, device=self.device)
         self.step = 0
         self.step_t = torch.zeros((), dtype=torch.long, device=self.device)  # 0-d: schedules never recompile
+        self.lr = self.optimizer.param_groups[0]["lr"]  # 0-d, shared by the groups, written by the step
+        self._optimizer_step = unwrapped_step(self.optimizer)
         self.history: list[dict[str, Any]] = []
         self._metric_keys: list[str] | None = None
         self._metric_sum: torch.Tensor | None = None
+        self.cudagraphs = self.compiled and t.compile_mode == "reduce-overhead"
+        self.forward, self.after_backward = self._forward, self._after_backward
+        if self.compiled:
+            self._compile(t.compile_mode)
         self._metric_count = 0
         self._interval = {"loss": 0.0, "n": 0, "train_time": 0.0}
         torch.manual_seed(t.seed + 1 + self.rank)  # per-rank stream for the algorithms' own randomness
@@ -117,30 +125,60 @@ class Trainer:
             self._resume(ckpt_io.load_checkpoint(resume))
 
     # --- one step -------------------------------------------------------------------------------------
+    def _compile(self, mode: str) -> None:
+        """The step as two compiled functions, each one graph (fullgraph: a graph break fails loudly):
+        `forward` (the algorithm's forward and loss; AOTAutograd also compiles its backward, which
+        `loss.backward()` runs) and `after_backward` (lr, optimizer, EMA, algorithm state, metric sums).
+        Under DDP the DDP module itself is compiled instead of `_forward` (Dynamo cannot trace into DDP's
+        Python forward; compiling the DDP module lets it run that eagerly and split the model's graph at
+        the gradient buckets, so the all-reduces overlap the backward): one forward graph per bucket.
+        Everything `after_backward` writes in place is marked a static address, so CUDA graphs
+        (reduce-overhead) replay into it instead of copying it; the batch, whose tensors move every step
+        (DALI's buffers), is copied into the graphs' own input buffers."""
+        opts = {"backend": self.compile_backend, **({} if mode == "default" else {"mode": mode})}
+        for t in [self.step_t, self.lr, self.ema_decay, *self.ema.flat_buffers(), *self.algorithm.buffers()]:
+            self._static(t)
+        if isinstance(self.net, DDP):
+            self.net = torch.compile(self.net, **opts)
+        else:
+            self.forward = torch.compile(self._forward, fullgraph=True, **opts)
+        self.after_backward = torch.compile(self._after_backward, fullgraph=True, **opts)
+
+    def _static(self, t: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            torch._dynamo.mark_static_address(t)
+        return t
+
     def _forward(self, batch, step_t):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.net(self.ema.module, batch, step_t)
 
+    @torch.no_grad()
+    def _after_backward(self, batch, loss, metrics, state) -> None:
+        """The step after `backward`, but for zero_grad: lr, optimizer, EMA, algorithm state, step, metric sums."""
+        self.lr.copy_(lr_tensor(self.step_t, self.cfg.train.steps, self.cfg.optim))
+        self._optimizer_step()
+        self.ema.update(self.ema_decay)
+        self.algorithm.update_state(batch, state)
+        self.step_t += 1
+        self._metric_sum += torch.stack([loss.float(), *(v.float() for v in metrics.values())])
+
     def train_step(self) -> None:
         batch = next(self._batches)
+        if self.cudagraphs:  # a new step: the previous step's graph outputs are dead, their memory reusable
+            torch.compiler.cudagraph_mark_step_begin()
         out = self.forward(batch, self.step_t)
         out.loss.backward()
-        set_lr(self.optimizer, lr_at(self.step, self.cfg.train.steps, self.cfg.optim))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.ema_decay)
-        self.algorithm.update_state(batch, out.state)
+        if self._metric_sum is None:  # first step: the metric names are known now
+            self._metric_keys = ["loss", *out.metrics]
+            self._metric_sum = self._static(torch.zeros(len(self._metric_keys), device=self.device))
+        self.after_backward(batch, out.loss.detach(), out.metrics, out.state)
+        self.optimizer.zero_grad(set_to_none=True)  # host-only (drops references); Dynamo refuses to trace it
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             self.algorithm.after_step(self.model, batch, out.state)  # eager, outside the compiled step (MPL's teacher)
         if self.ctaugment is not None:  # CTAugment learns its weights from the labeled probe view (host sync)
             self.ctaugment.probe_step(self.model, batch.x_lb_s, batch.y_lb, self.data.train.probe_bins())
         self.step += 1
-        self.step_t += 1
-        vals = torch.stack([out.loss.detach().float(), *(v.float() for v in out.metrics.values())])
-        if self._metric_sum is None:
-            self._metric_keys = ["loss", *out.metrics]
-            self._metric_sum = torch.zeros_like(vals)
-        self._metric_sum += vals
         self._metric_count += 1
 
     def run_steps(self, n: int) -> None:
@@ -328,7 +366,7 @@ class Trainer:
         check_same_split(ck["split"], self.data.split, self.data.split_meta, f"checkpoint {ck['path']}")
         self.model.load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        load_optimizer_state(self.optimizer, ck["optimizer"])
         self.algorithm.load_state_dict(ck["algorithm"])
         self.step = ck["step"]
         self.step_t.fill_(self.step)
