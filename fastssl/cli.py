@@ -11,7 +11,7 @@ USAGE = """usage: fastssl train [--recipe NAME] [--out DIR] [--resume DIR|auto] 
        fastssl info
        fastssl report RUN_DIR [RUN_DIR ...] [--out DIR]   PNG plots + Markdown summary (extra: plots)
        fastssl bench [step|pipeline|kernels|scaling|summarize] [--help]   (default: step)
-       fastssl train --help         every option, its default and meaning (add --algo.name=X for X's options)
+       fastssl train --help         every option, its default and meaning (add --algo.name=X for X's own options)
 Launch on N GPUs (or N CPU processes) with: torchrun --nproc_per_node=N -m fastssl train ...
 """
 
@@ -57,10 +57,14 @@ def make_config(overrides: dict[str, str], recipe: str | None):
 
 
 def print_help(cfg) -> None:
+    """Every option of `cfg`; `cfg=None` (plain `fastssl train --help`): every option but the algorithm's own,
+    which need its module and so torch (see `config.describe`)."""
     from fastssl.config import describe
 
     print(USAGE)
     print("options (default, meaning):")
+    if cfg is None:
+        print("  (the algorithm's own --algo.* options: fastssl train --algo.name=NAME --help; default fixmatch)")
     for opt, default, doc in describe(cfg):
         print(f"  {opt}={default}")
         if doc:
@@ -75,6 +79,9 @@ def cmd_train(argv: list[str]) -> int:
     unknown = set(plain) - {"recipe", "help"}
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join('--' + k for k in sorted(unknown))}; see fastssl train --help")
+    if "help" in plain and not overrides and "recipe" not in plain:
+        print_help(None)  # no option changes a default: no Config, no algorithm module, no torch
+        return 0
     cfg = make_config(overrides, plain.get("recipe"))
     if "help" in plain:
         print_help(cfg)

@@ -39,10 +39,15 @@ def test_every_option_is_documented(capsys):
     assert not undocumented, f"options without a docstring under the field: {undocumented}"
     n_fields = sum(len(dataclasses.fields(getattr(cfg, s))) for s in ("data", "model", "optim", "train", "aug", "algo"))
     assert len(rows) == n_fields + 1  # + --algo.name
-    code, out, _ = run_cli(capsys, "train", "--help")
+    code, out, _ = run_cli(capsys, "train", "--algo.name=fixmatch", "--help")
     assert code == 0
     for opt, default, _ in rows:
         assert f"{opt}={default}" in out
+    # plain `train --help` (no Config built): the same rows but the algorithm's own, which it points to
+    code, plain, _ = run_cli(capsys, "train", "--help")
+    assert code == 0 and "fastssl train --algo.name=NAME --help" in plain
+    for opt, default, _ in rows:
+        assert (f"{opt}={default}" in plain) == (not opt.startswith("--algo.") or opt == "--algo.name"), opt
 
 
 @pytest.mark.parametrize("argv, needle", [
