@@ -4,9 +4,8 @@ every device, so the model must be too: checked in a two-rank gloo run of the re
 import warnings
 
 import pytest
-import torch.multiprocessing as mp
 
-from _gloo import free_port, set_rank_env
+from _gloo import run_two_ranks, set_rank_env
 
 
 def _worker(rank: int, port: int, out: str, q) -> None:
@@ -33,16 +32,7 @@ def _worker(rank: int, port: int, out: str, q) -> None:
 
 @pytest.mark.slow  # two spawned ranks: 17 s of CPU, about 2 min on the shared machine
 def test_ddp_gradients_land_in_their_buckets_without_a_layout_copy(tmp_path):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path), q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(q.get(timeout=600) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_two_ranks(_worker, str(tmp_path))
     for rank, messages, mismatched in results:
         assert not [m for m in messages if "strides do not match" in m], (rank, messages)
         assert mismatched == [], f"rank {rank}: gradients in another layout than their parameters: {mismatched}"

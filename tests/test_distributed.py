@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 import torch
-import torch.multiprocessing as mp
 
-from _gloo import free_port, set_rank_env
+from _gloo import free_port, run_two_ranks, set_rank_env
 
 
 def _worker(rank: int, port: int, out: str, q) -> None:
@@ -40,16 +39,7 @@ def _worker(rank: int, port: int, out: str, q) -> None:
 
 
 def test_two_gloo_ranks_stay_identical(tmp_path):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path), q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(q.get(timeout=600) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_two_ranks(_worker, str(tmp_path))
     (r0, same0, ema0, idx0, shape0, ev0), (r1, same1, ema1, idx1, shape1, ev1) = results
     assert same0 and same1, "model parameters/buffers differ across ranks"
     assert ema0 and ema1, "EMA teacher differs across ranks"
