@@ -54,7 +54,8 @@ class _Recipes(Mapping):
 
     def __getitem__(self, name: str) -> dict[str, Any]:
         algo, ds, n = self._names[name]
-        return {**_LONG, **_DATASETS[ds][0], "data.num_labels": n, "algo.name": algo, **get_algorithm(algo).recipe}
+        own = {k: v(n) if callable(v) else v for k, v in get_algorithm(algo).recipe.items()}  # v(n): per label count
+        return {**_LONG, **_DATASETS[ds][0], "data.num_labels": n, "algo.name": algo, **own}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

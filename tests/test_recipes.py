@@ -73,3 +73,10 @@ def test_registry_entries_name_their_classes():
         assert get_algorithm(name).name == name
     with pytest.raises(ValueError, match="choose one of"):
         get_algorithm("nomatch")
+
+
+def test_a_recipe_value_may_follow_the_label_count():
+    """SimMatch's labeled bank holds one entry per labeled sample (USB's K): its recipes set it per label count."""
+    assert [RECIPES[f"cifar10_simmatch_{n}"]["algo.bank_size"] for n in (40, 250, 4000)] == [40, 250, 4000]
+    cfg = make_config({}, "cifar10_simmatch_250")
+    assert cfg.algo.bank_size == 250 and cfg.data.num_labels == 250

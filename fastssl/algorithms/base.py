@@ -85,7 +85,8 @@ class Algorithm(nn.Module):
     """the views the pipeline must produce (unlabeled weak/strong counts, a labeled strong view)"""
     recipe: ClassVar[dict[str, Any]] = {}
     """the published protocol's options on top of the common base recipe (fastssl/recipes.py), e.g.
-    {"algo.tau": 0.95, "data.uratio": 1}: the recipes cifar10_<name>_{40,250,4000} are derived from it"""
+    {"algo.tau": 0.95, "data.uratio": 1}: the recipes cifar10_<name>_{40,250,4000} are derived from it; a
+    value may be a function of the recipe's label count (SimMatch's bank: `lambda num_labels: num_labels`)"""
 
     def __init__(self, cfg: AlgorithmConfig, *, num_classes: int, num_ulb: int, total_steps: int = 1 << 20,
                  num_features: int = 0, make_model: Callable[[], nn.Module] | None = None):

@@ -45,11 +45,10 @@ Differences from USB's simmatch (deliberate):
 - log softmax instead of USB's log(softmax) in the instance loss (same value, finite for underflows).
 - The bank stores the student's labeled embeddings, USB's CIFAR / SVHN / STL setting; its ImageNet setting
   (embeddings from the EMA teacher, no per-slot momentum) is not implemented.
-- The recipes do not set `bank_size` (one recipe serves all three label counts): cifar10_simmatch_250 and
-  _4000 need `--algo.bank_size=250` / `4000` to match USB's K.
 
 Defaults: USB classic-CV CIFAR-10 (T = 0.1, τ = 0.95, α = 0.9, λ_in = 1, proj 128, da_len 32, K = 40:
-the 40-label split; set `bank_size` to the split's labeled count for the others).
+the 40-label split); the recipes set K to their label count (cifar10_simmatch_250: 250), USB's K; set
+`--algo.bank_size` to the split's labeled count outside the recipes.
 """
 from __future__ import annotations
 
@@ -112,7 +111,7 @@ class SimMatch(Algorithm):
     Config = SimMatchConfig
     views = ViewSpec(num_weak=1, num_strong=1)
     recipe = {"algo.tau": 0.95, "algo.T": 0.1, "algo.lambda_in": 1.0, "algo.smoothing_alpha": 0.9,
-              "algo.proj_size": 128, "algo.da_len": 32}
+              "algo.proj_size": 128, "algo.da_len": 32, "algo.bank_size": lambda num_labels: num_labels}
 
     def init_state(self) -> None:
         cfg: SimMatchConfig = self.cfg
