@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-# the checkout's root: benchmarks/ is a source-tree harness, not installed, and test_bench.py and
-# test_host_syncs.py import it, each of them also when run alone
+# the checkout's root first: the suite tests this checkout's fastssl (and its kernels/), whatever else is
+# installed, and whichever way pytest was started
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collections.abc import Mapping

@@ -80,17 +80,19 @@ class Trainer:
 
         self.data = build_data(cfg.data, cfg.aug, algo_cls.views, seed=t.seed, rank=self.rank, world=self.world,
                                device=self.device, build_train=build_train)
-        torch.manual_seed(t.seed)  # identical initial weights on every rank
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
-                                 in_channels=self.data.in_channels, image_size=self.data.image_size,
-                                 pretrained=cfg.model.pretrained)
-        self.model.to(self.device, memory_format=fmt)
+
+        def make_model() -> nn.Module:
+            """A fresh network of the run's architecture, on the device, in the step's memory format: the
+            student, and any network an algorithm owns (MPL's teacher)."""
+            return build_model(cfg.model.name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                               image_size=self.data.image_size, pretrained=cfg.model.pretrained
+                               ).to(self.device, memory_format=fmt)
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = make_model()
         # Before the optimizer, DDP and compile: the EMA may re-point parameters into one flat buffer.
         self.ema = EMATeacher(self.model)
-        make_model = lambda: build_model(cfg.model.name, num_classes=self.data.num_classes,  # noqa: E731 (MPL's teacher)
-                                         in_channels=self.data.in_channels, image_size=self.data.image_size,
-                                         pretrained=cfg.model.pretrained).to(self.device, memory_format=fmt)
         self.algorithm = algo_cls(cfg.algo, num_classes=self.data.num_classes, num_ulb=self.data.num_ulb,
                                   total_steps=t.steps, num_features=self.model.num_features,
                                   make_model=make_model).to(self.device)
