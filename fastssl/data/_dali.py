@@ -16,9 +16,10 @@ try:
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.auto_aug.core import select
     from nvidia.dali.data_node import DataNode
+    from nvidia.dali.pipeline import do_not_convert
 except ModuleNotFoundError as e:
     if not (e.name or "").startswith("nvidia"):
         raise  # DALI is there but one of its own dependencies is not: its message is the useful one
     raise ModuleNotFoundError(INSTALL_HINT, name=e.name) from e
 
-__all__ = ["DataNode", "dmath", "fn", "pipeline_def", "select", "types"]
+__all__ = ["DataNode", "dmath", "do_not_convert", "fn", "pipeline_def", "select", "types"]

@@ -75,7 +75,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastssl.config import FIXMATCH_POOL, AugmentConfig  # noqa: F401 (the plain config lives on the ground floor)
-from fastssl.data._dali import DataNode, dmath, fn, select, types
+from fastssl.data._dali import DataNode, dmath, do_not_convert, fn, select, types
 
 OP_RANGES: dict[str, tuple[float, float]] = {
     "AutoContrast": (0.0, 1.0), "Brightness": (0.05, 0.95), "Color": (0.05, 0.95),
@@ -238,10 +238,12 @@ class ViewParams:
                 out[prefix + "cut_anchor"], out[prefix + "cut_shape"] = cutout_box(side, cx, cy, self.hw)
         return out
 
+    @do_not_convert
     def nodes(self, per_step: int, steps_per_run: int = 1, start: int = 0, gpu: bool = False) -> dict:
         """name → DataNode: two external sources (host arguments; arithmetic weights on the images' device)
         whose DALI iteration i carries steps (start + i)·steps_per_run … + steps_per_run - 1, `per_step`
-        samples each, in order."""
+        samples each, in order. Not converted by DALI's AutoGraph (pipelines with conditionals convert what
+        they call, and a converted callback, with `draw` under it, measured 12x slower per call)."""
         cache: dict[int, dict] = {}
 
         def batch(names):
