@@ -37,46 +37,54 @@ EXACT_CASES = [
 ]
 
 
+STAGES = pytest.mark.parametrize("branch", [False, True], ids=["unbranched", "grouped"])
+"""both stage graphs: the unbranched chain (the GPU's) and the CPU backend's grouped conditionals"""
+
+
+@STAGES
 @pytest.mark.parametrize("c", [3, 1])
 @pytest.mark.parametrize("name,mags", EXACT_CASES, ids=[c[0] for c in EXACT_CASES])
-def test_op_matches_pil_exactly(name, mags, c):
+def test_op_matches_pil_exactly(name, mags, c, branch):
     """Bit-exact: PIL's integer grey, rounded SMOOTH filter, truncating blend and its affine matrices are
     reproduced; these magnitudes put no source coordinate on a pixel edge."""
     x = _images(c)
     for v in mags:
-        out = run_op(x, name, v)
+        out = run_op(x, name, v, branch=branch)
         ref = np.stack([ref_op(a, name, v) for a in x])
         assert out.shape == ref.shape and out.dtype == np.uint8
         assert _diff(out, ref) == (0, 0.0), (name, v)
 
 
+@STAGES
 @pytest.mark.parametrize("v", [-30.0, -23.0, 9.1, 30.0])
-def test_rotate_matches_pil_except_edge_rounding(v):
+def test_rotate_matches_pil_except_edge_rounding(v, branch):
     """float32 (DALI) vs float64 (PIL) matrices: a source coordinate within ~1e-6 of a pixel edge may pick
     the neighbour. Tolerance: at most 1% of pixels differ."""
     x = _images()
-    out = run_op(x, "Rotate", v)
+    out = run_op(x, "Rotate", v, branch=branch)
     ref = np.stack([ref_op(a, "Rotate", v) for a in x])
     assert _diff(out, ref)[1] <= 0.01
 
 
-def test_autocontrast_matches_pil_within_one_level():
+@STAGES
+def test_autocontrast_matches_pil_within_one_level(branch):
     """PIL's LUT int(x*scale - lo*scale) in float64 vs our floor((x - lo) * 255/(hi - lo)) in float32: equal
     up to one grey level at exact integers. Also covers a flat channel (left unchanged)."""
     x = _images()
     x[1, ..., 2] = 77  # single-valued channel
     x[0] = x[0] // 2 + 40  # not already full range
-    out = run_op(x, "AutoContrast", 0.0)
+    out = run_op(x, "AutoContrast", 0.0, branch=branch)
     ref = np.stack([ref_op(a, "AutoContrast", 0) for a in x])
     mx, frac = _diff(out, ref)
     assert mx <= 1 and frac <= 0.02
 
 
-def test_equalize_is_opencv_formula_and_close_to_pil():
+@STAGES
+def test_equalize_is_opencv_formula_and_close_to_pil(branch):
     """DALI's equalize is OpenCV's formula (exact); PIL's differs (documented deviation) but both are the same
     monotone map of grey levels: equal inputs stay equal, order is kept."""
     x = _images()
-    out = run_op(x, "Equalize", 0.0)
+    out = run_op(x, "Equalize", 0.0, branch=branch)
     assert _diff(out, np.stack([ref_equalize_opencv(a) for a in x]))[0] == 0
     pil = np.stack([ref_op(a, "Equalize", 0) for a in x])
     for o, p, a in zip(out.reshape(-1, 32 * 32, 3), pil.reshape(-1, 32 * 32, 3), x.reshape(-1, 32 * 32, 3)):
@@ -218,11 +226,11 @@ def test_gpu_op_matches_cpu_op(name, mags):
     assert _diff(run_op(x, "Cutout", [10.7, 5.2], device="gpu", **cut), run_op(x, "Cutout", [10.7, 5.2], **cut))[0] == 0
 
 
-@pytest.mark.parametrize("branch", [False, True])
+@STAGES
 def test_each_sample_gets_exactly_its_own_op(branch):
     """One stage over a batch whose samples draw different ops (the whole pool, up to two magnitudes each): every
     sample equals PIL's result of its own op, i.e. the identity values of the ops not drawn are exact. Same
-    with the statistics ops in a conditional branch."""
+    with each group of ops in its own conditional."""
     base = _images()
     names, mags, imgs = [], [], []
     exact = {**dict(EXACT_CASES), "AutoContrast": [0.0], "Equalize": [0.0]}  # no pixel-edge ties for warps
@@ -237,3 +245,54 @@ def test_each_sample_gets_exactly_its_own_op(branch):
         ref = ref_equalize_opencv(a) if name == "Equalize" else ref_op(a, name, float(v))
         mx, frac = _diff(o, ref)
         assert mx <= (1 if name == "AutoContrast" else 0), (name, v, mx, frac)
+
+
+@pytest.mark.parametrize("c", [3, 1])
+def test_grouped_stage_equals_unbranched_stage_on_random_draws(c):
+    """The CPU backend's grouped stage and the unbranched one (the GPU's) give the same bytes over 600 random
+    (image, op, magnitude) draws, magnitudes' edges included (Solarize at 0 and 256, Posterize near 8,
+    factors at the range ends), on noise, flat, ramp and saturated images."""
+    rng = np.random.default_rng(3)
+    n = 600
+    x = rng.integers(0, 256, (n, 32, 32, c)).astype(np.uint8)
+    x[1::4] = rng.integers(0, 256, (len(x[1::4]), 1, 1, c))  # flat: AutoContrast's hi == lo, Contrast exact
+    ramp = (np.add.outer(np.arange(32), np.arange(32)) * 4).clip(0, 255).astype(np.uint8)[..., None]
+    x[2::4] = ramp
+    x[3::8] = x[3::8] // 64 * 255  # only 0 and 255 (and 3·64 levels): ties in every op
+    pool = np.array(list(OP_RANGES))
+    names = pool[rng.integers(0, len(pool), n)]
+    lo, hi = np.array([OP_RANGES[o] for o in names]).T
+    mags = lo + (hi - lo) * rng.random(n)
+    edge = rng.random(n) < 0.2
+    mags[edge] = np.where(rng.random(edge.sum()) < 0.5, lo[edge], np.nextafter(hi[edge], -np.inf))
+    mags = mags.astype(np.float32)
+    grouped, plain = run_op(x, list(names), mags, branch=True), run_op(x, list(names), mags)
+    bad = sorted({str(a) for a in names[(grouped != plain).any((1, 2, 3))]})
+    assert not bad, f"grouped stage differs on {bad}"
+
+
+def test_solarize_table_and_floor_store_match_their_closed_forms():
+    """`_solarize_table`: key v + 255·T is Solarize_T(v) for every T in 0…256 and v in 0…255 (the overlapping
+    keys agree); `_floor_u8` is floor(x) for floats on, just above and just below every integer 0…255."""
+    from nvidia.dali import types
+
+    from fastssl.data.augment import _floor_u8, _solarize_table
+
+    table = np.asarray(_solarize_table())
+    v = np.arange(256)
+    for t in range(257):
+        key = v + 255 * t
+        assert np.array_equal(table[key], np.where(v < t, v, 255 - v)), t
+    base = np.arange(256, dtype=np.float32)
+    x = np.concatenate([base, np.nextafter(base, np.float32(1e9)), np.nextafter(base[1:], np.float32(-1)),
+                        base + np.float32(0.5), np.float32(np.random.default_rng(0).uniform(0, 256, 4000))])
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        return _floor_u8(fn.external_source(source=lambda: [x.reshape(1, -1, 1)], batch=True, layout="HWC",
+                                            dtype=types.FLOAT))
+
+    p = pipe()
+    p.build()
+    out = np.array(p.run()[0].as_tensor()).ravel()
+    assert np.array_equal(out, np.floor(x).clip(0, 255).astype(np.uint8))

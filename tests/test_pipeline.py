@@ -144,13 +144,16 @@ def test_batches_do_not_depend_on_steps_per_run_and_resume_mid_iteration():
         assert all(torch.equal(a, b) for a, b in zip(e, g))
 
 
-def test_statistics_branch_gives_the_same_batches():
-    """Large CPU iterations route the statistics ops through a DALI conditional (BRANCH_MIN_BATCH): same
-    batches, bit for bit, as the unbranched graph (here k = 11: 132 unlabeled rows per iteration)."""
+@pytest.mark.parametrize("k", [1, 11])
+def test_grouped_cpu_graph_gives_the_same_batches_as_the_gpu_graph(k):
+    """On the CPU backend RandAugment's strong views take one DALI conditional per group of ops
+    (augment.stage_grouped); the unbranched graph is the one a GPU runs. Same batches, bit for bit, with the
+    full op pool, at 1 and 11 steps per iteration (12 and 132 unlabeled rows)."""
     aug = AugmentConfig(flip_prob=0.5)
-    branched, _, _ = _loader(aug=aug, steps_per_run=11)
-    assert branched._specs["ulb"]["branch"] and not _loader(aug=aug, steps_per_run=1)[0]._specs["ulb"]["branch"]
-    for e, g in zip(_take(_loader(aug=aug, steps_per_run=1)[0], 11), _take(branched, 11)):
+    grouped, _, _ = _loader(aug=aug, steps_per_run=k)
+    plain, _, _ = _loader(aug=aug, steps_per_run=k, branch=False)
+    assert grouped._specs["ulb"]["branch"] and not plain._specs["ulb"]["branch"]
+    for e, g in zip(_take(plain, 11), _take(grouped, 11)):
         assert all(torch.equal(a, b) for a, b in zip(e, g))
 
 

@@ -184,10 +184,18 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
 
 
 BRANCH_MIN_BATCH = 128
-"""On the CPU backend, iterations of at least this many samples route only the samples that drew a
+"""CTAugment on the CPU backend: iterations of at least this many samples route only the samples that drew a
 statistics op through those ops (augment.stage's `branch`): measured at CIFAR size, 3 ops, CPU ms per step,
 B=64 (448 unlabeled samples): 144–153 with the branch vs 206–208 without; B=1 with k=8 (56): 7.8–8.3 with
-vs 5.1–5.4 without. On a GPU per-sample arithmetic is cheap and operators cost launches: never."""
+vs 5.1–5.4 without. RandAugment on the CPU backend always takes augment.stage_grouped (one conditional per
+group of ops: 3x cheaper than the unbranched chain from 7 to 224 samples per iteration). On a GPU
+per-sample arithmetic is cheap and operators cost launches: never branched."""
+
+
+def use_branch(aug: AugmentConfig, gpu: bool, samples: int) -> bool:
+    """Whether a pipeline of `samples` per iteration builds its strong views with conditionals (see
+    `BRANCH_MIN_BATCH`)."""
+    return not gpu and (aug.policy == "randaugment" or samples >= BRANCH_MIN_BATCH)
 
 
 class TrainLoader:
@@ -205,7 +213,8 @@ class TrainLoader:
     one iteration's float views stay under 4 MiB (measured: larger
     iterations cost more per sample on the CPU backend). The batches do not depend on k. `in_flight`: steps after
     a batch is handed out during which its consumer may still enqueue GPU reads of it (see `_KeepAlive`).
-    Image folders: `from_files`.
+    `branch`: build the strong views with conditionals (default: `use_branch`; the batches are the same
+    either way, bit for bit). Image folders: `from_files`.
     """
 
     def __init__(self, lb_x, lb_y, ulb_x, ulb_y, *, batch_size: int, uratio: int, views: ViewSpec,
@@ -213,7 +222,7 @@ class TrainLoader:
                  device: torch.device = torch.device("cpu"), num_threads: int = 2, prefetch: int = 2,
                  lb_files: Sequence[str] | None = None, ulb_files: Sequence[str] | None = None,
                  image_size: int | None = None, channels: int | None = None, steps_per_run: int | None = None,
-                 in_flight: int = 2):
+                 in_flight: int = 2, branch: bool | None = None):
         encoded = lb_files is not None
         if encoded:
             hw, ch = (image_size, image_size), channels or 3
@@ -253,7 +262,7 @@ class TrainLoader:
             self._specs[key] = dict(
                 source=_Source(x, y, sampler, files, k), **graph_kwargs(aug, hw, ch, mean, std, nw, ns, gpu),
                 encoded=encoded, key=(seed, stream, rank), batch_size=b * k, num_threads=num_threads,
-                branch=not gpu and b * k >= BRANCH_MIN_BATCH, ct=self.ctaugment, probe=key == "lb", num_medium=nm,
+                branch=use_branch(aug, gpu, b * k) if branch is None else branch, ct=self.ctaugment, probe=key == "lb", num_medium=nm,
                 device_id=(self.device.index or 0) if gpu else None, prefetch_queue_depth=prefetch)
         self._keep = _KeepAlive(in_flight, torch.cuda.Event if gpu else None)
         self._start(0)
