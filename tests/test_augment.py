@@ -296,3 +296,27 @@ def test_solarize_table_and_floor_store_match_their_closed_forms():
     p.build()
     out = np.array(p.run()[0].as_tensor()).ravel()
     assert np.array_equal(out, np.floor(x).clip(0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "ctaugment"])
+@pytest.mark.parametrize("branch", [False, True])
+def test_draws_of_many_steps_at_once_equal_the_steps_one_by_one(policy, branch):
+    """An iteration's draws are made for its k steps at once (`draw_steps`, one numpy pass for the argument
+    arithmetic), and must equal the steps' own draws concatenated: batches do not depend on k."""
+    from fastssl.data.ctaugment import CTAugment
+
+    cfg = AugmentConfig(flip_prob=0.5, policy=policy, medium_num_ops=1)
+
+    def params(probe):
+        ct = None
+        if policy == "ctaugment":
+            ct = CTAugment(cfg.num_ops)
+            ct.steps_per_run, ct.lag = 8, 1
+        return ViewParams(cfg, (32, 32), 3, 2, 1, (4, 1, 0), branch=branch, ct=ct, probe=probe, num_medium=1)
+
+    for probe in ([False, True] if policy == "ctaugment" else [False]):
+        one = [params(probe).draw(s, 5) for s in range(8)]
+        many = params(probe).draw_steps(range(8), 5)
+        assert many.keys() == one[0].keys()
+        for k, v in many.items():
+            assert v.dtype == one[0][k].dtype and np.array_equal(v, np.concatenate([d[k] for d in one])), k

@@ -379,19 +379,19 @@ def test_host_draws_run_as_plain_python_not_autograph(monkeypatch):
     """The training graph enables DALI conditionals, and DALI's AutoGraph then rewrites every function defined
     inside what the graph definition calls, including the external-source callback that makes each step's
     draws: rewritten, one step's draws measured 12x slower (6 ms instead of 0.5). The callback must run
-    `ViewParams.draw` with no AutoGraph frame on the stack."""
+    `ViewParams.draw_steps` with no AutoGraph frame on the stack."""
     import inspect
 
     from fastssl.data import augment
 
     seen = []
-    draw = augment.ViewParams.draw
+    draw = augment.ViewParams.draw_steps
 
-    def recording(self, step, n):
+    def recording(self, steps, n):
         seen.append([f.filename for f in inspect.stack(0)])
-        return draw(self, step, n)
+        return draw(self, steps, n)
 
-    monkeypatch.setattr(augment.ViewParams, "draw", recording)
+    monkeypatch.setattr(augment.ViewParams, "draw_steps", recording)
     loader, _, _ = _loader(aug=AugmentConfig(flip_prob=0.5))
     next(loader)
     assert seen

@@ -263,14 +263,25 @@ class ViewParams:
 
     def draw(self, step: int, n: int) -> dict[str, np.ndarray]:
         """The draws of `n` samples at `step`."""
+        return self.draw_steps([step], n)
+
+    def draw_steps(self, steps, n: int) -> dict[str, np.ndarray]:
+        """The draws of `n` samples at each of `steps`, concatenated in that order: the same arrays as
+        concatenating `draw(s, n)` over the steps (each step reads its own generator, in the same order of
+        calls), with the arithmetic that turns draws into operator arguments done once for all of them
+        (measured: 0.08 instead of 0.55 ms per step at B=1, k=8)."""
         cfg, (h, w) = self.cfg, self.hw
-        rng = np.random.default_rng([*self.key, step])
+        rngs = [np.random.default_rng([*self.key, s]) for s in steps]
         out = {}
+
+        def each(f):  # one call per step's generator, results concatenated
+            return np.concatenate([f(r) for r in rngs])
 
         def crop(prefix):  # offset k ∈ {0..2p} uniform per axis, as k / 2p
             for name, p in (("crop_y", int(cfg.crop_pad_frac * h)), ("crop_x", int(cfg.crop_pad_frac * w))):
-                out[prefix + name] = (rng.integers(0, 2 * p + 1, n) / (2 * p) if p else np.zeros(n)).astype(np.float32)
-            out[prefix + "mirror"] = (rng.random(n) < (cfg.flip_prob or 0.0)).astype(np.int32)
+                out[prefix + name] = (each(lambda r: r.integers(0, 2 * p + 1, n)) / (2 * p) if p
+                                      else np.zeros(n * len(rngs))).astype(np.float32)
+            out[prefix + "mirror"] = (each(lambda r: r.random(n)) < (cfg.flip_prob or 0.0)).astype(np.int32)
 
         for j in range(self.nw):
             crop(f"w{j}.")
@@ -281,22 +292,26 @@ class ViewParams:
             if cfg.policy == "ctaugment":  # CTAugment draws num_ops columns; a medium view uses the first ones
                 from fastssl.data.ctaugment import ct_magnitudes
                 if self.probe:
-                    names, lvl, out[prefix + "bins"] = self.ct.probe(rng, n)
+                    d = [self.ct.probe(r, n) for r in rngs]
+                    out[prefix + "bins"] = np.concatenate([b for _, _, b in d])
                 else:
-                    names, lvl = self.ct.draw(rng, n, step)
+                    d = [self.ct.draw(r, n, s) for r, s in zip(rngs, steps)]
+                names, lvl = np.concatenate([a for a, *_ in d]), np.concatenate([b[1] for b in d])
                 mags = ct_magnitudes(names, lvl, self.hw).astype(np.float32)
             for k in range(ops):  # RandAugment: op uniform over the pool (with replacement), magnitude uniform
                 if cfg.policy == "ctaugment":
                     p = stage_params(names[:, k], mags[:, k], self.hw, self.channels, "ctaugment")
                 else:
-                    i, u = rng.integers(0, len(pool), n), rng.random(n)
+                    iu = [(r.integers(0, len(pool), n), r.random(n)) for r in rngs]
+                    i, u = np.concatenate([a for a, _ in iu]), np.concatenate([b for _, b in iu])
                     p = (grouped_params if self.grouped else stage_params)(
                         pool[i], (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32), self.hw, self.channels)
                 keys = GROUPED if self.grouped else STAGE_HOST + stage_device(self.channels, cfg.policy)
                 out.update({f"{prefix}{k}.{q}": p[q] for q in keys})
             if cfg.cutout_max_frac > 0:
-                side = rng.uniform(0.0, cfg.cutout_max_frac, n) * w
-                cx, cy = rng.uniform(0.0, w, n), rng.uniform(0.0, h, n)
+                scw = [(r.uniform(0.0, cfg.cutout_max_frac, n) * w, r.uniform(0.0, w, n), r.uniform(0.0, h, n))
+                       for r in rngs]
+                side, cx, cy = (np.concatenate(a) for a in zip(*scw))
                 out[prefix + "cut_anchor"], out[prefix + "cut_shape"] = cutout_box(side, cx, cy, self.hw)
         return out
 
@@ -314,8 +329,7 @@ class ViewParams:
                 if c not in cache:
                     if len(cache) > 8:
                         cache.clear()
-                    d = [self.draw(s, per_step) for s in range(c * steps_per_run, (c + 1) * steps_per_run)]
-                    cache[c] = {k: np.concatenate([x[k] for x in d]) for k in d[0]}
+                    cache[c] = self.draw_steps(range(c * steps_per_run, (c + 1) * steps_per_run), per_step)
                 return [cache[c][k] for k in names]
             return source
 
