@@ -27,27 +27,31 @@ def _images(c=3):
     return x[..., :1] if c == 1 else x
 
 
+@pytest.mark.parametrize("branch", [False, True], ids=["unbranched", "grouped"])
 @pytest.mark.parametrize("c", [3, 1])
 @pytest.mark.parametrize("name", [o for o in CT_OPS if o != "Rotate"])
-def test_ct_op_matches_pil_exactly(name, c):
+def test_ct_op_matches_pil_exactly(name, c, branch):
     """Bit-exact at both ends and inside the level range (factors up to 1.9: PIL's clipping blend);
-    Equalize against OpenCV's formula, which DALI implements (PIL's own: see test_augment)."""
+    Equalize against OpenCV's formula, which DALI implements (PIL's own: see test_augment). Both stage
+    graphs: the unbranched chain (the GPU's) and the CPU backend's grouped one."""
     x = _images(c)
     for lvl in LEVELS:
         m = float(ct_magnitudes([name], [lvl], (32, 32))[0])
-        out = run_op(x, name, m, policy="ctaugment")
+        out = run_op(x, name, m, policy="ctaugment", branch=branch)
         ref = np.stack([ref_ct_op(a, name, m) for a in x])
         assert np.array_equal(out, ref), (name, lvl, m, np.abs(out.astype(int) - ref).max())
 
 
-def test_ct_rotate_matches_pil_except_edge_rounding():
+@pytest.mark.parametrize("branch", [False, True], ids=["unbranched", "grouped"])
+def test_ct_rotate_matches_pil_except_edge_rounding(branch):
     """float32 vs PIL's float64 matrix (see test_augment): at most 1% of pixels differ, 4% at exactly ±45°
     (measured 3.9%: cos = sin puts many source coordinates on pixel edges; only levels < 1/180 or > 179/180
     round to ±45°)."""
     x = _images()
     for lvl in LEVELS + [1.0]:
         m = float(ct_magnitudes(["Rotate"], [lvl], (32, 32))[0])
-        out, ref = run_op(x, "Rotate", m, policy="ctaugment"), np.stack([ref_ct_op(a, "Rotate", m) for a in x])
+        out = run_op(x, "Rotate", m, policy="ctaugment", branch=branch)
+        ref = np.stack([ref_ct_op(a, "Rotate", m) for a in x])
         assert (out != ref).mean() <= (0.04 if abs(m) == 45 else 0.01), (lvl, m)
 
 
@@ -261,3 +265,34 @@ def test_gpu_ct_op_matches_cpu_op(name):
         gpu = run_op(x, name, m, device="gpu", policy="ctaugment")
         d = np.abs(gpu.astype(int) - cpu)
         assert (d > 0).mean() <= 0.01 and d.max() <= 1, (name, lvl)
+
+
+@pytest.mark.parametrize("c", [3, 1])
+def test_grouped_ct_stage_equals_unbranched_stage_on_random_draws(c):
+    """CTAugment's ops through the CPU backend's grouped stage and the unbranched one (the GPU's): the same
+    bytes over 600 random (image, op, level) draws, levels 0 and just below 1 included (factors up to 2:
+    clipping, and Sharpness above 1 with its kept border)."""
+    rng = np.random.default_rng(5)
+    n = 600
+    x = rng.integers(0, 256, (n, 32, 32, c)).astype(np.uint8)
+    x[1::4] = rng.integers(0, 256, (len(x[1::4]), 1, 1, c))
+    x[2::4] = (np.add.outer(np.arange(32), np.arange(32)) * 4).clip(0, 255).astype(np.uint8)[..., None]
+    names = np.array(list(CT_OPS))[rng.integers(0, len(CT_OPS), n)]
+    lvl = rng.random(n)
+    lvl[rng.random(n) < 0.2] = 0.0
+    lvl[rng.random(n) < 0.2] = np.nextafter(1.0, 0.0)
+    mags = ct_magnitudes(names, lvl, (32, 32)).astype(np.float32)
+    grouped = run_op(x, list(names), mags, policy="ctaugment", branch=True)
+    plain = run_op(x, list(names), mags, policy="ctaugment")
+    bad = sorted({str(a) for a in names[(grouped != plain).any((1, 2, 3))]})
+    assert not bad, f"grouped stage differs on {bad}"
+
+
+def test_sharpness_border_factor_is_exactly_one():
+    """The grouped stage keeps Sharpness' border with the factor v + fl(1 - v), which must be exactly 1 in
+    float32 for every factor either policy draws (RandAugment 0.05–0.95, CTAugment 0.1–2.0): checked on
+    every float32 in [0.05, 2] with a stride of 7 ulps, and on both ends."""
+    lo, hi = np.float32(0.05).view(np.int32), np.float32(2.0).view(np.int32)
+    v = np.arange(lo, hi + 1, 7, dtype=np.int32).view(np.float32)
+    v = np.concatenate([v, np.float32([0.05, 0.95, 0.1, 1.9, 2.0])])
+    assert np.all(v + (np.float32(1) - v) == np.float32(1))

@@ -14,7 +14,6 @@ INSTALL_HINT = (
 try:
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali.auto_aug.core import select
     from nvidia.dali.data_node import DataNode
     from nvidia.dali.pipeline import do_not_convert
 except ModuleNotFoundError as e:
@@ -22,4 +21,4 @@ except ModuleNotFoundError as e:
         raise  # DALI is there but one of its own dependencies is not: its message is the useful one
     raise ModuleNotFoundError(INSTALL_HINT, name=e.name) from e
 
-__all__ = ["DataNode", "dmath", "do_not_convert", "fn", "pipeline_def", "select", "types"]
+__all__ = ["DataNode", "dmath", "do_not_convert", "fn", "pipeline_def", "types"]

@@ -77,7 +77,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastssl.config import FIXMATCH_POOL, AugmentConfig  # noqa: F401 (the plain config lives on the ground floor)
-from fastssl.data._dali import DataNode, dmath, do_not_convert, fn, select, types
+from fastssl.data._dali import DataNode, dmath, do_not_convert, fn, types
 
 OP_RANGES: dict[str, tuple[float, float]] = {
     "AutoContrast": (0.0, 1.0), "Brightness": (0.05, 0.95), "Color": (0.05, 0.95),
@@ -92,9 +92,8 @@ OP_RANGES: dict[str, tuple[float, float]] = {
 
 CROP = ("crop_y", "crop_x", "mirror")
 """a view's crop/flip parameters: crop position as k / 2·pad (DALI scales it back to the offset k), flip 0/1"""
-STAGE_HOST = ("M", "heavy")
-"""a RandAugment stage's per-sample operator arguments (host): warp matrix, and 1 for the ops that need the
-image statistics branch (Color, Contrast, Sharpness, AutoContrast, Equalize)"""
+STAGE_HOST = ("M",)
+"""a RandAugment stage's per-sample operator arguments (host): the warp matrix"""
 STAGE_DEVICE = ("v", "vb", "wg", "wc", "ws", "a", "e", "pd", "t")
 """a RandAugment stage's per-sample arithmetic weights (on the images' device; see `stage_params`)"""
 CT_DEVICE = ("qa", "qe", "qs", "qb", "qi")
@@ -105,7 +104,15 @@ autocontrasted, equalized, SMOOTH-filtered, BLUR-filtered and inverted images we
 GROUPED = ("M", "lut", "pm", "T255", "blend", "Mz", "K", "v", "sharp", "wc", "ac", "eq")
 """a RandAugment stage's per-sample parameters on the CPU backend (`stage_grouped`, all host arrays): warp
 matrix; LUT group flag, Posterize's bit mask and Solarize's table offset; blend group flag, channel matrix,
-3x3 filter, factor, Sharpness and Contrast flags; AutoContrast and Equalize flags"""
+3x3 filter, factor, Sharpness' border weight and Contrast flag; AutoContrast and Equalize flags"""
+GROUPED_CT = GROUPED[:-2] + ("toward", "e", "tac", "teq", "tsm", "tbl")
+"""CTAugment's: AutoContrast, Equalize, Smooth, Blur and Invert blend the image toward their result by the
+level e (`toward`; the op's flag, Invert when none is set)"""
+
+
+def grouped_keys(policy: str = "randaugment") -> tuple[str, ...]:
+    """`stage_grouped`'s parameter names for `policy`."""
+    return GROUPED_CT if policy == "ctaugment" else GROUPED
 
 _GREY = np.array([19595, 38470, 7471], np.float64) / 65536.0
 """PIL's "L" weights as fractions of 2^16: exact in float32, and so is every weighted sum of uint8 pixels"""
@@ -139,8 +146,7 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = 
 
     - M (2, 3): the inverse affine matrix of Rotate/ShearX/ShearY/TranslateX/TranslateY (PIL's, float64
       here, float32 in DALI), else the identity;
-    - heavy: 1 for the ops that read image statistics, run (only for those samples) in one DALI
-      conditional branch: blend PIL-style with the degenerate image ``ws·smooth + wg·grey +
+    - the ops that read image statistics: blend PIL-style with the degenerate image ``ws·smooth + wg·grey +
       wc·round(mean grey)`` by factor v, then AutoContrast on/off (a), then blend by e toward the equalized
       image (RandAugment: e = 0/1), or with `policy` "ctaugment" toward ``qa·autocontrast + qe·equalize +
       qs·smooth + qb·blur + qi·invert`` with e = mags: PIL's ``Image.blend(x, op(x), level)`` (a = 0);
@@ -163,11 +169,10 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = 
     blend = colour | (names == "Contrast") | (names == "Sharpness")
     ct_blends = ("Smooth", "Blur", "Invert") if policy == "ctaugment" else ()
     toward = np.isin(names, ("AutoContrast", "Equalize") + ct_blends)
-    heavy = blend | toward
     post = names == "Posterize"
     pd = np.where(post, 2.0 ** (8 - np.floor(np.where(post, m, 8.0))), 1.0)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    out = {"M": f32(M), "heavy": heavy.astype(np.int32), "v": f32(np.where(blend, m, 1.0)),
+    out = {"M": f32(M), "v": f32(np.where(blend, m, 1.0)),
            "vb": f32(np.where(names == "Brightness", m, 1.0)), "wg": f32(colour), "wc": f32(names == "Contrast"),
            "ws": f32(names == "Sharpness"), "pd": f32(pd), "t": f32(np.where(names == "Solarize", m, 1024.0))}
     if policy == "ctaugment":
@@ -179,9 +184,11 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = 
     return out
 
 
-def grouped_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
-    """`stage_grouped`'s per-sample parameters (`GROUPED`) for op `names[i]` at magnitude `mags[i]`: the same
-    ops and arithmetic as `stage_params`, laid out for one DALI conditional per group of ops:
+def grouped_params(names, mags, hw: tuple[int, int], channels: int, policy: str = "randaugment"
+                   ) -> dict[str, np.ndarray]:
+    """`stage_grouped`'s per-sample parameters (`grouped_keys(policy)`) for op `names[i]` at magnitude
+    `mags[i]` (`stage_params` units): the same ops and arithmetic as `stage_params`, laid out for one DALI
+    conditional per group of ops:
 
     - M: the warp matrix as in `stage_params` (the identity unless Rotate/Shear/Translate);
     - lut (Posterize, Solarize): pm keeps Posterize's high bits (255: all), T255 = 255·ceil(threshold)
@@ -190,8 +197,11 @@ def grouped_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str,
     - blend (Brightness, Color, Contrast, Sharpness): PIL's blend with the degenerate image
       ``filter(Mz · y, K) + wc·round(mean(Mz · y))`` by factor v, where Mz · y is PIL's grey (Color,
       Contrast), y (Sharpness) or 0 (Brightness) and K the SMOOTH kernel (Sharpness), the identity, or 0
-      (Contrast); `sharp` keeps Sharpness' 1-px border;
-    - ac, eq: AutoContrast, Equalize."""
+      (Contrast); on Sharpness' 1-px border the factor is v + sharp with sharp = 1 - v in float32, which is
+      exactly 1 for every factor in [0.05, 2] (tested), so the border is kept;
+    - RandAugment: ac, eq: AutoContrast, Equalize;
+    - CTAugment (`policy`): toward (AutoContrast, Equalize, Smooth, Blur, Invert): PIL's blend of the
+      image toward the op's result by level e; tac, teq, tsm, tbl: which op (none of them: Invert)."""
     names, m = np.asarray(names), np.asarray(mags, np.float64)
     n = len(names)
     post, sol = names == "Posterize", names == "Solarize"
@@ -205,11 +215,20 @@ def grouped_params(names, mags, hw: tuple[int, int], channels: int) -> dict[str,
     K = np.repeat(_IDENTITY_K[None], n, 0)
     K[contrast], K[sharp] = 0.0, _SMOOTH
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    return {"M": stage_params(names, mags, hw, channels)["M"], "lut": post | sol,
-            "pm": ((0xFF << (8 - bits)) & 0xFF).astype(np.uint8),
-            "T255": (255 * np.ceil(np.where(sol, m, 256.0))).astype(np.int32), "blend": blend,
-            "Mz": f32(Mz), "K": K, "v": f32(np.where(blend, m, 1.0)), "sharp": f32(sharp), "wc": f32(contrast),
-            "ac": names == "AutoContrast", "eq": names == "Equalize"}
+    v = f32(np.where(blend, m, 1.0))
+    out = {"M": stage_params(names, mags, hw, channels)["M"], "lut": post | sol,
+           "pm": ((0xFF << (8 - bits)) & 0xFF).astype(np.uint8),
+           "T255": (255 * np.ceil(np.where(sol, m, 256.0))).astype(np.int32), "blend": blend,
+           "Mz": f32(Mz), "K": K, "v": v, "sharp": np.where(sharp, np.float32(1) - v, np.float32(0)),
+           "wc": f32(contrast)}
+    if policy == "ctaugment":
+        flags = {q: names == o for q, o in (("tac", "AutoContrast"), ("teq", "Equalize"), ("tsm", "Smooth"),
+                                            ("tbl", "Blur"))}
+        toward = np.logical_or.reduce(list(flags.values())) | (names == "Invert")
+        out.update(toward=toward, e=f32(np.where(toward, m, 0.0)), **flags)
+    else:
+        out.update(ac=names == "AutoContrast", eq=names == "Equalize")
+    return out
 
 
 def cutout_box(side, cx, cy, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +247,7 @@ class ViewParams:
     a pure function of (key, step): the DALI graph holds no random operators, so a loader resumes at any
     step by asking for that step's draws again, and the draws do not depend on how many steps one DALI
     iteration makes. `host_names` feed operator arguments (CPU), `device_names` feed arithmetic; `branch`:
-    the graph is built with `stage`'s branch (which reads the "heavy" flags).
+    the parameters of `stage_grouped` (the CPU backend's stage, all on the host) instead of `stage`'s.
 
     ``cfg.policy == "ctaugment"``: the strong views' ops and magnitudes are `ct`'s (a
     `ctaugment.CTAugment`): its training draws with the weights of the step's snapshot, or with `probe`
@@ -241,7 +260,7 @@ class ViewParams:
         if cfg.policy == "ctaugment" and num_strong + num_medium and ct is None:
             raise ValueError("--aug.policy=ctaugment needs the CTAugment state (ViewParams(..., ct=...))")
         self.ct, self.probe = ct, probe
-        self.grouped = branch and cfg.policy == "randaugment"
+        self.grouped = branch
         self.host_names, self.device_names = [], []
         for j in range(num_weak):
             self.host_names += [f"w{j}.{k}" for k in CROP]
@@ -249,9 +268,9 @@ class ViewParams:
             self.host_names += [f"{prefix}{k}" for k in CROP]
             for k in range(ops):
                 if self.grouped:
-                    self.host_names += [f"{prefix}{k}.{q}" for q in GROUPED]
+                    self.host_names += [f"{prefix}{k}.{q}" for q in grouped_keys(cfg.policy)]
                     continue
-                self.host_names += [f"{prefix}{k}.{q}" for q in STAGE_HOST if branch or q != "heavy"]
+                self.host_names += [f"{prefix}{k}.{q}" for q in STAGE_HOST]
                 self.device_names += [f"{prefix}{k}.{q}" for q in stage_device(channels, cfg.policy)]
             if cfg.cutout_max_frac > 0:
                 self.host_names += [f"{prefix}cut_anchor", f"{prefix}cut_shape"]
@@ -300,13 +319,14 @@ class ViewParams:
                 mags = ct_magnitudes(names, lvl, self.hw).astype(np.float32)
             for k in range(ops):  # RandAugment: op uniform over the pool (with replacement), magnitude uniform
                 if cfg.policy == "ctaugment":
-                    p = stage_params(names[:, k], mags[:, k], self.hw, self.channels, "ctaugment")
+                    op, mag = names[:, k], mags[:, k]
                 else:
                     iu = [(r.integers(0, len(pool), n), r.random(n)) for r in rngs]
                     i, u = np.concatenate([a for a, _ in iu]), np.concatenate([b for _, b in iu])
-                    p = (grouped_params if self.grouped else stage_params)(
-                        pool[i], (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32), self.hw, self.channels)
-                keys = GROUPED if self.grouped else STAGE_HOST + stage_device(self.channels, cfg.policy)
+                    op, mag = pool[i], (lo[i] + (hi[i] - lo[i]) * u).astype(np.float32)
+                p = (grouped_params if self.grouped else stage_params)(op, mag, self.hw, self.channels, cfg.policy)
+                keys = (grouped_keys(cfg.policy) if self.grouped
+                        else STAGE_HOST + stage_device(self.channels, cfg.policy))
                 out.update({f"{prefix}{k}.{q}": p[q] for q in keys})
             if cfg.cutout_max_frac > 0:
                 scw = [(r.uniform(0.0, cfg.cutout_max_frac, n) * w, r.uniform(0.0, w, n), r.uniform(0.0, h, n))
@@ -415,17 +435,16 @@ def _to_u8(x: DataNode) -> DataNode:
     return fn.cast(dmath.floor(x), dtype=types.UINT8)
 
 
-def stage(x: DataNode, p: dict, *, hw, channels, fill, branch: bool = False) -> DataNode:
+def stage(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
     """One RandAugment stage with `stage_params`'s per-sample parameters `p`: warp; the statistics ops
     (Color, Contrast, Sharpness, AutoContrast, Equalize); Brightness, Posterize, Solarize. Every op is the
     identity unless drawn, and on the drawn op the arithmetic is PIL's, as in the per-op reference
-    (float32, truncating store), so each sample gets exactly its op. `branch`: route only the samples that
-    drew a statistics op through those ops (a DALI conditional: 14 more operators per stage; pays off when
-    the iteration's batch is large on the CPU backend, see pipeline.BRANCH_MIN_BATCH)."""
+    (float32, truncating store), so each sample gets exactly its op. This is the GPU's stage; the CPU
+    backend runs `stage_grouped`, the same bytes."""
     y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
     kw = {q: p[q] for q in ("ws", "wc", "v", "a", "e", "wg") + CT_DEVICE if q in p}
     stats = lambda y, **w: _statistics_ops(y, **w, hw=hw, channels=channels)  # noqa: E731
-    y = select([lambda y, **_: y, stats], p["heavy"], y, **kw) if branch else stats(y, **kw)
+    y = stats(y, **kw)
     b = p["vb"] * y  # Brightness: PIL's blend with black
     b = dmath.floor(b / p["pd"]) * p["pd"]  # Posterize keeps the high bits; pd = 1 is Brightness' floor
     b = b + (b >= p["t"]) * (255.0 - 2.0 * b)  # Solarize: v → 255 - v at and above the threshold
@@ -446,9 +465,10 @@ def stage_grouped(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
     DALI conditional (`grouped_params`), so a sample pays for its own op only. The warp runs for every
     sample (the identity unless drawn); then Posterize/Solarize as one bit mask and one table lookup; the
     blends (Brightness, Color, Contrast, Sharpness) as one chain with per-sample channel matrix and filter;
-    AutoContrast; Equalize. On the CPU backend an operator costs per sample, and this is 3x cheaper than the
-    unbranched chain at every batch size measured (7 to 224 samples); on a GPU operators cost launches
-    and the unbranched `stage` has fewer."""
+    AutoContrast; Equalize; with CTAugment's parameters (`GROUPED_CT`) its blends toward AutoContrast,
+    Equalize, Smooth, Blur or Invert instead of the last two. On the CPU backend an operator costs per
+    sample, and this is 3x cheaper than the unbranched chain at every batch size measured (7 to 224
+    samples); on a GPU operators cost launches and the unbranched `stage` has fewer."""
     if not _SOLARIZE:
         _SOLARIZE.extend(_solarize_table())
     h, w = hw
@@ -462,8 +482,24 @@ def stage_grouped(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
         deg = fn.filter(z, p["K"], dtype=types.UINT8) + p["wc"] * mean
         outer = np.ones((h, w, 1), np.float32)
         outer[1:-1, 1:-1] = 0.0
-        v = dmath.max(p["v"], p["sharp"] * types.Constant(outer))  # 1 on Sharpness' border: y kept there
+        v = p["v"] + p["sharp"] * types.Constant(outer)  # exactly 1 on Sharpness' border: y kept there
         y = _floor_u8(deg + v * (y - deg))
+    if "toward" in p:
+        if p["toward"]:
+            if p["tac"]:
+                lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)
+                hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
+                t = dmath.floor(_autocontrast(y, lo, hi, 1.0))  # PIL's integer LUT, blended afterwards
+            elif p["teq"]:
+                t = fn.cast(fn.equalize(y), dtype=types.FLOAT)
+            elif p["tsm"]:
+                t = _smooth(y, hw)
+            elif p["tbl"]:
+                t = _blur(y, hw)
+            else:
+                t = 255.0 - y  # Invert
+            y = _floor_u8(y + p["e"] * (t - y))
+        return y
     if p["ac"]:
         lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)
         hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
@@ -504,35 +540,36 @@ def cutout(x: DataNode, anchor: DataNode, shape: DataNode, channels: int, fill) 
 
 
 def strong_view(padded: DataNode, p: dict, prefix: str, cfg: AugmentConfig, hw: tuple[int, int], channels: int,
-                mean=None, std=None, branch: bool = False, num_ops: int | None = None) -> DataNode:
+                mean=None, std=None, num_ops: int | None = None) -> DataNode:
     """USB's strong transform on `reflect_pad`'s output: crop/flip, `num_ops` (default cfg.num_ops)
-    RandAugment stages, Cutout (normalized if mean/std); `branch` as in `stage`."""
+    RandAugment stages (`stage_grouped` when `p` holds its parameters, else `stage`), Cutout (normalized if
+    mean/std)."""
     x = crop_flip(padded, p, prefix, hw)
     for k in range(cfg.num_ops if num_ops is None else num_ops):
-        if f"{prefix}{k}.lut" in p:  # ViewParams(branch=True) with RandAugment: the CPU backend's grouped stage
-            x = stage_grouped(x, {q: p[f"{prefix}{k}.{q}"] for q in GROUPED}, hw=hw, channels=channels,
-                              fill=cfg.geometric_fill)
+        if f"{prefix}{k}.lut" in p:  # ViewParams(branch=True): the CPU backend's grouped stage
+            x = stage_grouped(x, {q: p[f"{prefix}{k}.{q}"] for q in grouped_keys(cfg.policy)}, hw=hw,
+                              channels=channels, fill=cfg.geometric_fill)
             continue
         names = [q for q in STAGE_HOST + STAGE_DEVICE + CT_DEVICE if f"{prefix}{k}.{q}" in p]
         x = stage(x, {q: p[f"{prefix}{k}.{q}"] for q in names}, hw=hw, channels=channels,
-                  fill=cfg.geometric_fill, branch=branch)
+                  fill=cfg.geometric_fill)
     if cfg.cutout_max_frac > 0:
         x = cutout(x, p[prefix + "cut_anchor"], p[prefix + "cut_shape"], channels, cfg.cutout_fill)
     return x if mean is None else normalize(x, mean, std)
 
 
 def views(x: DataNode, cfg: AugmentConfig, hw: tuple[int, int], channels: int, mean, std, num_weak: int,
-          num_strong: int, params: dict, branch: bool = False, num_medium: int = 0) -> list[DataNode]:
+          num_strong: int, params: dict, num_medium: int = 0) -> list[DataNode]:
     """`num_weak` weak, `num_strong` strong then `num_medium` medium (`cfg.medium_num_ops` ops) normalized
     float32 HWC views of the same uint8 images, with one shared reflect padding; `params` are
     `ViewParams.nodes` of a ViewParams(cfg, ..., num_weak, num_strong, num_medium=num_medium). A weak view
-    is a single fused crop/flip/normalize op; `branch` as in `stage` (needs a pipeline with
-    enable_conditionals=True)."""
+    is a single fused crop/flip/normalize op. Parameters of ViewParams(branch=True) build `stage_grouped`
+    (needs a pipeline with enable_conditionals=True)."""
     padded = reflect_pad(x, hw, cfg.crop_pad_frac)
     return ([crop_flip(padded, params, f"w{j}.", hw, mean, std) for j in range(num_weak)]
-            + [strong_view(padded, params, f"s{j}.", cfg, hw, channels, mean, std, branch)
+            + [strong_view(padded, params, f"s{j}.", cfg, hw, channels, mean, std)
                for j in range(num_strong)]
-            + [strong_view(padded, params, f"m{j}.", cfg, hw, channels, mean, std, branch, cfg.medium_num_ops)
+            + [strong_view(padded, params, f"m{j}.", cfg, hw, channels, mean, std, cfg.medium_num_ops)
                for j in range(num_medium)])
 
 
@@ -560,12 +597,12 @@ def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bo
     if name == "Cutout":
         anchor, shape = cutout_box(mags, cutout_params["cx"], cutout_params["cy"], (h, w))
         host, dev = {"anchor": anchor, "shape": shape}, {}
-    elif branch and policy == "randaugment":
-        p = grouped_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c)
-        host, dev = {q: p[q] for q in GROUPED}, {}
+    elif branch:
+        p = grouped_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c, policy)
+        host, dev = {q: p[q] for q in grouped_keys(policy)}, {}
     else:
         p = stage_params([name] * n if isinstance(name, str) else list(name), mags, (h, w), c, policy)
-        host = {q: p[q] for q in STAGE_HOST if branch or q != "heavy"}
+        host = {q: p[q] for q in STAGE_HOST}
         dev = {q: p[q] for q in stage_device(c, policy)}
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=0 if device == "gpu" else None, enable_conditionals=True)
@@ -580,7 +617,7 @@ def run_op(images: np.ndarray, name, magnitudes, device: str = "cpu", branch: bo
             return cutout(x, q["anchor"], q["shape"], c, cutout_params.get("fill", (125, 123, 114)))
         if "lut" in q:
             return stage_grouped(x, q, hw=(h, w), channels=c, fill=cutout_params.get("fill", 0))
-        return stage(x, q, hw=(h, w), channels=c, fill=cutout_params.get("fill", 0), branch=branch)
+        return stage(x, q, hw=(h, w), channels=c, fill=cutout_params.get("fill", 0))
 
     p = pipe()
     p.build()

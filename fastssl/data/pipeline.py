@@ -135,13 +135,13 @@ def _train_graph(source: _Source, *, hw, channels, aug, mean, std, num_weak, num
                  branch=False, ct=None, probe=False, num_medium=0):
     """The views of `source`'s images with every random draw from ViewParams(..., key, ct=ct, probe=probe)
     (no DALI random operators: the pipeline's output is a pure function of the source's iteration, and of
-    CTAugment's weight snapshot for it). `branch`: see augment.stage."""
+    CTAugment's weight snapshot for it). `branch`: build the strong views with augment.stage_grouped."""
     imgs, labels, idx = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
                                            layout=[None if encoded else "HWC", None, None])
     imgs = _load(imgs, hw, channels, gpu, encoded)
     params = ViewParams(aug, hw, channels, num_weak, num_strong, key, branch, ct, probe, num_medium).nodes(
         source.sampler.batch, source.steps_per_run, source.start, gpu)
-    out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong, params, branch, num_medium)
+    out = views(imgs, aug, hw, channels, mean, std, num_weak, num_strong, params, num_medium)
     if gpu:
         labels, idx = labels.gpu(), idx.gpu()
     return (*out, labels, idx)
@@ -183,19 +183,12 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)  # NHWC memory, NCHW shape: channels_last, no copy
 
 
-BRANCH_MIN_BATCH = 128
-"""CTAugment on the CPU backend: iterations of at least this many samples route only the samples that drew a
-statistics op through those ops (augment.stage's `branch`): measured at CIFAR size, 3 ops, CPU ms per step,
-B=64 (448 unlabeled samples): 144–153 with the branch vs 206–208 without; B=1 with k=8 (56): 7.8–8.3 with
-vs 5.1–5.4 without. RandAugment on the CPU backend always takes augment.stage_grouped (one conditional per
-group of ops: 3x cheaper than the unbranched chain from 7 to 224 samples per iteration). On a GPU
-per-sample arithmetic is cheap and operators cost launches: never branched."""
-
-
 def use_branch(aug: AugmentConfig, gpu: bool, samples: int) -> bool:
-    """Whether a pipeline of `samples` per iteration builds its strong views with conditionals (see
-    `BRANCH_MIN_BATCH`)."""
-    return not gpu and (aug.policy == "randaugment" or samples >= BRANCH_MIN_BATCH)
+    """Whether a pipeline of `samples` per iteration builds its strong views with augment.stage_grouped (one
+    DALI conditional per group of ops): always on the CPU backend, where an operator costs per sample (3x
+    cheaper than the unbranched chain from 7 to 224 samples per iteration, CIFAR size, 3 ops); never on a
+    GPU, where operators cost launches and the unbranched chain has fewer."""
+    return not gpu
 
 
 class TrainLoader:
