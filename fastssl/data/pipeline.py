@@ -183,14 +183,6 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)  # NHWC memory, NCHW shape: channels_last, no copy
 
 
-def use_branch(aug: AugmentConfig, gpu: bool, samples: int) -> bool:
-    """Whether a pipeline of `samples` per iteration builds its strong views with augment.stage_grouped (one
-    DALI conditional per group of ops): always on the CPU backend, where an operator costs per sample (3x
-    cheaper than the unbranched chain from 7 to 224 samples per iteration, CIFAR size, 3 ops); never on a
-    GPU, where operators cost launches and the unbranched chain has fewer."""
-    return not gpu
-
-
 class TrainLoader:
     """One rank's labeled + unlabeled DALI pipelines; iterating yields `SSLBatch` forever.
 
@@ -206,8 +198,10 @@ class TrainLoader:
     one iteration's float views stay under 4 MiB (measured: larger
     iterations cost more per sample on the CPU backend). The batches do not depend on k. `in_flight`: steps after
     a batch is handed out during which its consumer may still enqueue GPU reads of it (see `_KeepAlive`).
-    `branch`: build the strong views with conditionals (default: `use_branch`; the batches are the same
-    either way, bit for bit). Image folders: `from_files`.
+    `branch`: build the strong views with augment.stage_grouped, one DALI conditional per group of ops
+    (default: on the CPU backend, where an operator costs per sample and grouping measured 3x cheaper from
+    7 to 224 samples per iteration; a GPU runs the unbranched chain, where operators cost launches and it
+    has fewer). The batches are the same either way, bit for bit. Image folders: `from_files`.
     """
 
     def __init__(self, lb_x, lb_y, ulb_x, ulb_y, *, batch_size: int, uratio: int, views: ViewSpec,
@@ -255,7 +249,7 @@ class TrainLoader:
             self._specs[key] = dict(
                 source=_Source(x, y, sampler, files, k), **graph_kwargs(aug, hw, ch, mean, std, nw, ns, gpu),
                 encoded=encoded, key=(seed, stream, rank), batch_size=b * k, num_threads=num_threads,
-                branch=use_branch(aug, gpu, b * k) if branch is None else branch, ct=self.ctaugment, probe=key == "lb", num_medium=nm,
+                branch=not gpu if branch is None else branch, ct=self.ctaugment, probe=key == "lb", num_medium=nm,
                 device_id=(self.device.index or 0) if gpu else None, prefetch_queue_depth=prefetch)
         self._keep = _KeepAlive(in_flight, torch.cuda.Event if gpu else None)
         self._start(0)
