@@ -158,11 +158,17 @@ def test_grouped_cpu_graph_gives_the_same_batches_as_the_gpu_graph(k):
 
 
 def test_default_steps_per_run_fills_a_small_budget():
-    """Small batches are grouped (the fixed per-iteration cost is shared); large ones are not."""
-    assert _loader()[0].steps_per_run == 8
+    """Small batches are grouped (the fixed per-iteration cost is shared) up to the cap, or as many as fit
+    4 MiB of float views (CIFAR FixMatch at B=1: 15 views of 32x32x3 per step, so 22); CTAugment keeps its
+    weights fresher with a lower cap; large batches are not grouped."""
+    from fastssl.data.pipeline import MAX_STEPS_PER_RUN, MAX_STEPS_PER_RUN_CT
+
+    assert _loader()[0].steps_per_run == MAX_STEPS_PER_RUN == 32
+    assert _loader(aug=AugmentConfig(policy="ctaugment", flip_prob=0.5))[0].steps_per_run == MAX_STEPS_PER_RUN_CT
     x, y = _data(600, hw=32)
-    big = TrainLoader(x[:100], y[:100], x, y, batch_size=64, uratio=7, views=ViewSpec(), aug=NO_AUG, mean=MEAN,
-                      std=STD, seed=0, num_threads=1)
+    kw = dict(views=ViewSpec(), aug=NO_AUG, mean=MEAN, std=STD, seed=0, num_threads=1)
+    assert TrainLoader(x[:100], y[:100], x, y, batch_size=1, uratio=7, **kw).steps_per_run == 22
+    big = TrainLoader(x[:100], y[:100], x, y, batch_size=64, uratio=7, **kw)
     assert big.steps_per_run == 1
 
 

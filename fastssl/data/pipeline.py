@@ -183,6 +183,15 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)  # NHWC memory, NCHW shape: channels_last, no copy
 
 
+MAX_STEPS_PER_RUN = 32
+"""The most training steps one DALI iteration makes by default (the 4 MiB budget binds first for CIFAR at
+B=1: k = 22). Measured on the CPU backend, FixMatch with 3 ops at B=1, wall / CPU ms per step, two passes
+on the 2-core machine (2026-11-30): k=4 1.90–3.25 / 3.3–4.5, k=8 2.11–2.24 / 3.10, k=16 1.34–1.49 /
+1.96–2.12, k=22 1.06–1.22 / 1.71–2.01."""
+MAX_STEPS_PER_RUN_CT = 8
+"""The same with CTAugment, whose draws read its weights once per iteration: k to 2k - 1 steps old."""
+
+
 class TrainLoader:
     """One rank's labeled + unlabeled DALI pipelines; iterating yields `SSLBatch` forever.
 
@@ -194,9 +203,9 @@ class TrainLoader:
     cpu → DALI's CPU backend. Unlabeled sets without labels (STL-10) pass -1 for `ulb_y`.
     `num_threads`: DALI CPU threads per pipeline; `prefetch`: DALI iterations computed ahead.
     `steps_per_run` (k): training steps one DALI iteration makes (a batch of k·B, handed out as k slices
-    without a copy), so DALI's per-iteration cost is paid once per k steps; default: up to 8, as long as
-    one iteration's float views stay under 4 MiB (measured: larger
-    iterations cost more per sample on the CPU backend). The batches do not depend on k. `in_flight`: steps after
+    without a copy), so DALI's per-iteration cost is paid once per k steps; default: as many as keep one
+    iteration's float views under 4 MiB, at most `MAX_STEPS_PER_RUN` (`MAX_STEPS_PER_RUN_CT` with
+    CTAugment, whose weights are read once per iteration). The batches do not depend on k. `in_flight`: steps after
     a batch is handed out during which its consumer may still enqueue GPU reads of it (see `_KeepAlive`).
     `branch`: build the strong views with augment.stage_grouped, one DALI conditional per group of ops
     (default: on the CPU backend, where an operator costs per sample and grouping measured 3x cheaper from
@@ -233,7 +242,8 @@ class TrainLoader:
             views = self.views = views._replace(lb_strong=True)
         floats = (b_lb * (1 + int(views.lb_strong))
                   + b_ulb * (views.num_weak + views.num_strong + int(views.medium))) * hw[0] * hw[1] * ch
-        self.steps_per_run = k = steps_per_run or max(1, min(8, (4 << 20) // (4 * floats)))
+        cap = MAX_STEPS_PER_RUN if self.ctaugment is None else MAX_STEPS_PER_RUN_CT
+        self.steps_per_run = k = steps_per_run or max(1, min(cap, (4 << 20) // (4 * floats)))
         if self.ctaugment is not None:  # DALI asks for iteration c's draws while running iteration c - prefetch + 1
             self.ctaugment.steps_per_run, self.ctaugment.lag = k, max(prefetch - 1, 0)
             self._probe = ViewParams(aug, hw, ch, 1, 1, (seed, _LB, rank), ct=self.ctaugment, probe=True)
