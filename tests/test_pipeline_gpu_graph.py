@@ -69,8 +69,9 @@ def test_gpu_graph_uses_only_ops_with_a_gpu_backend(graph):
 
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_gpu_and_cpu_graphs_are_one_definition(graph):
-    """Same image operators the same number of times on either backend: the CPU runs in this suite test
-    the GPU graph's augmentation logic."""
+    """Same image operators the same number of times on either backend (both unbranched): the CPU runs of
+    the unbranched graph in this suite (every Pillow test, and tests/test_pipeline.py's batches equal to
+    the grouped graph the CPU loader runs by default) test the GPU graph's augmentation logic."""
     gpu, cpu = _ops(GRAPHS[graph](True)), _ops(GRAPHS[graph](False))
     image = lambda ops: Counter({name: n for (name, _), n in ops.items() if name in IMAGE_OPS})  # noqa: E731
     assert image(gpu) == image(cpu)
