@@ -107,7 +107,7 @@ def cmd_eval(argv: list[str]) -> int:
     cfg = Config.from_dict(ck["config"])
     apply_overrides(cfg, overrides)  # e.g. a moved --data.root
     cfg.train.resume = None
-    trainer = Trainer(cfg, build_train=False)
+    trainer = Trainer(cfg, build_train=False, split=ck.get("split"))  # the checkpoint's split: not made again
     trainer.ema.load_state_dict(ck["ema"])
     result = {"checkpoint": ck["path"], "step": ck["step"], **trainer.evaluate()}
     if trainer.rank == 0:

@@ -82,3 +82,26 @@ def test_resume_after_the_index_file_changed_is_refused(tmp_path):
     msg = str(e.value)
     assert "labeled indices only in the checkpoint's split: [0, 1, 2, 3, 4, 5, 6, 7, … (20 in all)]" in msg
     assert "only in this run's: [20, 21, 22" in msg
+
+
+def test_eval_reads_the_checkpoints_split_instead_of_making_it(rep_run, monkeypatch, capsys):
+    """`fastssl eval` of a run trained on a representative split takes the split from the checkpoint
+    (selection is minutes at CIFAR scale and eval needs only its sizes): no split is made, the algorithm
+    sees the run's labeled/unlabeled sizes, and the top-1 equals the one the run's own last eval logged."""
+    import json
+
+    from fastssl import cli
+    from fastssl.data import splits
+
+    def refuse(*a, **k):
+        raise AssertionError("fastssl eval made the split again")
+
+    monkeypatch.setattr(splits, "make_split", refuse)
+    assert cli.main(["eval", "--checkpoint", str(rep_run / "run")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = [json.loads(line) for line in (rep_run / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in logged if "top1" in r][-1]
+    assert result["step"] == last["step"] == 4 and result["top1"] == pytest.approx(last["top1"], abs=1e-9)
+    lb_idx, meta = load_split(rep_run / "run" / "split.npz")
+    sizes = splits.split_from_state({"lb_idx": lb_idx, "lb_y": np.zeros_like(lb_idx), "meta": meta}, 200)[0]
+    assert len(sizes.lb_idx) == 20 and len(sizes.ulb_idx) == (200 if meta["include_labeled_in_unlabeled"] else 180)

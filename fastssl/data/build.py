@@ -57,21 +57,25 @@ def _reader_options(d: DataConfig) -> dict[str, Any]:
 
 
 def build_data(d: DataConfig, aug: AugmentConfig, views: ViewSpec, *, seed: int, rank: int, world: int,
-               device: torch.device, build_train: bool = True) -> DataBundle:
+               device: torch.device, build_train: bool = True, split: dict | None = None) -> DataBundle:
     """This rank's loaders; `seed` is the training seed (sampling, augmentation); `build_train=False` builds
-    only the eval loader (`fastssl eval`)."""
+    only the eval loader (`fastssl eval`), and then `split`, a checkpoint's split state, stands for the
+    labeled split instead of making it again."""
     if d.name == "synthetic":  # pre-made device batches: no files, no DALI (fastssl/data/synthetic.py)
         from fastssl.data.synthetic import build_synthetic
         return build_synthetic(d, views, seed=seed, rank=rank, world=world, device=device, build_train=build_train)
     from fastssl.data.pipeline import EvalLoader, TrainLoader
     from fastssl.data.sources import load_dataset
-    from fastssl.data.splits import make_split
+    from fastssl.data.splits import make_split, split_from_state
 
     ds = load_dataset(d.name, d.root, **_reader_options(d))
     files = ds.train_x is None
     train_x = ds.train_files if files else ds.train_x
     train_y = np.asarray(ds.train_y)
-    split, split_meta = make_split(d, ds)
+    if split is not None and not build_train:
+        split, split_meta = split_from_state(split, len(train_y))
+    else:
+        split, split_meta = make_split(d, ds)
     lb_x, lb_y = _select(train_x, split.lb_idx), train_y[split.lb_idx]
     ulb_y = train_y[split.ulb_idx]
     if files:

@@ -316,6 +316,15 @@ def split_state(split: Split, meta: dict) -> dict:
     return {"lb_idx": split.lb_idx, "lb_y": split.lb_y, "meta": meta}
 
 
+def split_from_state(saved: dict, n: int) -> tuple[Split, dict]:
+    """The split a checkpoint carries (`split_state`) over a training set of `n` samples, without making it
+    again (representative selection takes minutes at CIFAR scale): what `fastssl eval` needs, the sizes."""
+    lb_idx, lb_y = np.asarray(saved["lb_idx"], np.int64), np.asarray(saved["lb_y"], np.int64)
+    every = np.arange(n, dtype=np.int64)
+    ulb_idx = every if saved["meta"].get("include_labeled_in_unlabeled", True) else np.setdiff1d(every, lb_idx)
+    return Split(lb_idx, ulb_idx, lb_y), dict(saved["meta"])
+
+
 def check_same_split(saved: dict, split: Split, meta: dict, source: str) -> None:
     """Refuse (ValueError) a split that differs from `saved` (a `split_state`), naming what differs."""
     problems = [f"{k}: {source} {saved['meta'].get(k)!r}, now {meta.get(k)!r}"

@@ -61,7 +61,9 @@ class Trainer:
     """torch.compile backend of the step: a name, or a backend object (a plain function here would be bound as
     a method); the CPU tests trace with "aot_eager" (the same graphs, no code generation)"""
 
-    def __init__(self, cfg: Config, *, build_train: bool = True):
+    def __init__(self, cfg: Config, *, build_train: bool = True, split: dict | None = None):
+        """`build_train=False`: the eval loader only (`fastssl eval`), with `split`, a checkpoint's split
+        state, standing for the labeled split instead of making it again."""
         self.cfg = cfg.validate()
         t = cfg.train
         self.rank, self.world, self.device = init_from_env()
@@ -79,7 +81,7 @@ class Trainer:
         resume = runlock.claim_check(t.out, t.resume, check=build_train and self.rank == 0)  # before the data
 
         self.data = build_data(cfg.data, cfg.aug, algo_cls.views, seed=t.seed, rank=self.rank, world=self.world,
-                               device=self.device, build_train=build_train)
+                               device=self.device, build_train=build_train, split=split)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
         def make_model() -> nn.Module:
