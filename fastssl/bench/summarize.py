@@ -29,10 +29,13 @@ def step_table(r: dict) -> str:
         out.append(f"| {name} | {e['it_s']:.2f} | {e['img_s']:.0f} | {e['step_ms_median']:.0f} "
                    f"[{e['step_ms_q1']:.0f}, {e['step_ms_q3']:.0f}] | {e['cpu_ms_per_step_median']:.0f} | "
                    f"{e['warmup_s']:.1f} |")
-    out += ["", "| ratio | wall time | CPU time |", "|---|---|---|"]
-    for k, v in r["ratios"].items():
-        out.append(f"| {k} | {v:.2f}× | {r['cpu_ratios'][k]:.2f}× |")
-    return "\n".join(out)
+    return "\n".join(out + _ratio_rows(r))
+
+
+def _ratio_rows(r: dict) -> list[str]:
+    """The wall/CPU ratio table a bench JSON carries (`ratios`, `cpu_ratios`), after a blank line."""
+    return ["", "| ratio | wall time | CPU time |", "|---|---|---|"] + [
+        f"| {k} | {v:.2f}× | {r['cpu_ratios'][k]:.2f}× |" for k, v in r["ratios"].items()]
 
 
 def pipeline_table(r: dict) -> str:
@@ -44,10 +47,7 @@ def pipeline_table(r: dict) -> str:
         out.append(f"| {name} | {e['views_s']:.0f} | {e['batch_ms_median']:.0f} | {e['views_per_cpu_s']:.0f} |")
     for name, err in r.get("errors", {}).items():
         out.append(f"| {name} | not run: {err} | | |")
-    out += ["", "| ratio | wall time | CPU time |", "|---|---|---|"]
-    for k, v in r["ratios"].items():
-        out.append(f"| {k} | {v:.2f}× | {r['cpu_ratios'][k]:.2f}× |")
-    return "\n".join(out)
+    return "\n".join(out + _ratio_rows(r))
 
 
 def scaling_table(r: dict) -> str:

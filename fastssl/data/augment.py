@@ -74,6 +74,8 @@ equal byte for byte on random draws).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from fastssl.config import FIXMATCH_POOL, AugmentConfig  # noqa: F401 (the plain config lives on the ground floor)
@@ -120,6 +122,7 @@ _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
 _IDENTITY_K = np.pad(np.ones((1, 1), np.float32), 1)
 
 
+@functools.cache
 def _solarize_table() -> list[float]:
     """Every Solarize table in one `fn.lookup_table`: key v + 255·T holds Solarize(v) at integer threshold
     T = 0…256 (256: no pixel inverted, the identity). Neighbouring tables overlap in one key, where both
@@ -138,6 +141,23 @@ def stage_device(channels: int, policy: str = "randaugment") -> tuple[str, ...]:
     return names if channels == 3 else tuple(q for q in names if q != "wg")
 
 
+def _warp_matrix(names: np.ndarray, m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(n, 2, 3) float64: PIL's inverse affine matrix of Rotate/ShearX/ShearY/TranslateX/TranslateY at
+    magnitude m, the identity for every other op."""
+    n, (h, w) = len(names), hw
+    M = np.zeros((n, 2, 3))
+    M[:, 0, 0] = M[:, 1, 1] = 1.0
+    rot = names == "Rotate"  # PIL: counter-clockwise by v degrees about (w/2, h/2), inverse map
+    t = np.where(rot, -m * np.pi / 180.0, 0.0)
+    c, s, cx, cy = np.cos(t), np.sin(t), w / 2.0, h / 2.0
+    M[rot] = np.stack([c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy], -1).reshape(n, 2, 3)[rot]
+    M[names == "ShearX", 0, 1] = m[names == "ShearX"]
+    M[names == "ShearY", 1, 0] = m[names == "ShearY"]
+    M[names == "TranslateX", 0, 2] = m[names == "TranslateX"] * w
+    M[names == "TranslateY", 1, 2] = m[names == "TranslateY"] * h
+    return M
+
+
 def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = "randaugment"
                  ) -> dict[str, np.ndarray]:
     """One RandAugment stage's per-sample parameters for op `names[i]` at magnitude `mags[i]` (USB units).
@@ -154,17 +174,8 @@ def stage_params(names, mags, hw: tuple[int, int], channels: int, policy: str = 
     - pd: Posterize's step 2^(8 - bits) (1 = none), t: Solarize's threshold (1024 = none: above a
       brightened value, which is clipped to 255 only when stored)."""
     names, m = np.asarray(names), np.asarray(mags, np.float64)
-    n, (h, w) = len(names), hw
-    M = np.zeros((n, 2, 3))
-    M[:, 0, 0] = M[:, 1, 1] = 1.0
-    rot = names == "Rotate"  # PIL: counter-clockwise by v degrees about (w/2, h/2), inverse map
-    t = np.where(rot, -m * np.pi / 180.0, 0.0)
-    c, s, cx, cy = np.cos(t), np.sin(t), w / 2.0, h / 2.0
-    M[rot] = np.stack([c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy], -1).reshape(n, 2, 3)[rot]
-    M[names == "ShearX", 0, 1] = m[names == "ShearX"]
-    M[names == "ShearY", 1, 0] = m[names == "ShearY"]
-    M[names == "TranslateX", 0, 2] = m[names == "TranslateX"] * w
-    M[names == "TranslateY", 1, 2] = m[names == "TranslateY"] * h
+    n = len(names)
+    M = _warp_matrix(names, m, hw)
     colour = (names == "Color") & (channels == 3)  # PIL's grey of a grey image is itself: Color = identity
     blend = colour | (names == "Contrast") | (names == "Sharpness")
     ct_blends = ("Smooth", "Blur", "Invert") if policy == "ctaugment" else ()
@@ -216,7 +227,7 @@ def grouped_params(names, mags, hw: tuple[int, int], channels: int, policy: str 
     K[contrast], K[sharp] = 0.0, _SMOOTH
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     v = f32(np.where(blend, m, 1.0))
-    out = {"M": stage_params(names, mags, hw, channels)["M"], "lut": post | sol,
+    out = {"M": f32(_warp_matrix(names, m, hw)), "lut": post | sol,
            "pm": ((0xFF << (8 - bits)) & 0xFF).astype(np.uint8),
            "T255": (255 * np.ceil(np.where(sol, m, 256.0))).astype(np.int32), "blend": blend,
            "Mz": f32(Mz), "K": K, "v": v, "sharp": np.where(sharp, np.float32(1) - v, np.float32(0)),
@@ -399,6 +410,12 @@ def _blur(x: DataNode, hw: tuple[int, int]) -> DataNode:
     return types.Constant(inner, device=dev) * s + types.Constant(1.0 - inner, device=dev) * x
 
 
+def _channel_range(y: DataNode) -> tuple[DataNode, DataNode]:
+    """Per-channel (min, max) of each image, (1, 1, C): what AutoContrast stretches."""
+    return (fn.reductions.min(y, axis_names="HW", keep_dims=True),
+            fn.reductions.max(y, axis_names="HW", keep_dims=True))
+
+
 def _autocontrast(x: DataNode, lo: DataNode, hi: DataNode, on) -> DataNode:
     """(x - lo) · 255 / (hi - lo) per channel where `on`; a single-valued channel is left as is (lo 0, hi 255)."""
     on = on * (hi != lo)
@@ -420,8 +437,7 @@ def _statistics_ops(y: DataNode, *, ws, wc, v, a, e, wg=None, qa=None, qe=None, 
     if wg is not None:
         deg = deg + wg * grey
     b = deg + v * (y - deg)
-    lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)  # (1, 1, C)
-    hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
+    lo, hi = _channel_range(y)
     b = _autocontrast(b, lo, hi, a)
     target = fn.equalize(y)
     if qa is not None:  # CTAugment: PIL's AutoContrast is an integer LUT, blended afterwards
@@ -457,9 +473,6 @@ def _floor_u8(x: DataNode) -> DataNode:
     return fn.crop_mirror_normalize(x, mean=[0.5], std=[1.0], dtype=types.UINT8, output_layout="HWC")
 
 
-_SOLARIZE: list[float] = []
-
-
 def stage_grouped(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
     """`stage` for the CPU backend: the same per-sample ops, bit for bit, with each group of ops in its own
     DALI conditional (`grouped_params`), so a sample pays for its own op only. The warp runs for every
@@ -469,12 +482,10 @@ def stage_grouped(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
     Equalize, Smooth, Blur or Invert instead of the last two. On the CPU backend an operator costs per
     sample, and this is 3x cheaper than the unbranched chain at every batch size measured (7 to 224
     samples); on a GPU operators cost launches and the unbranched `stage` has fewer."""
-    if not _SOLARIZE:
-        _SOLARIZE.extend(_solarize_table())
     h, w = hw
     y = fn.warp_affine(x, matrix=p["M"], fill_value=fill, interp_type=types.INTERP_NN, inverse_map=True)
     if p["lut"]:
-        y = fn.lookup_table((y & p["pm"]) + p["T255"], keys=list(range(65536)), values=_SOLARIZE,
+        y = fn.lookup_table((y & p["pm"]) + p["T255"], keys=list(range(65536)), values=_solarize_table(),
                             dtype=types.UINT8)
     if p["blend"]:
         z = fn.coord_transform(y, M=p["Mz"], dtype=types.UINT8)  # PIL's integer grey: x.5 rounds up, as PIL
@@ -487,8 +498,7 @@ def stage_grouped(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
     if "toward" in p:
         if p["toward"]:
             if p["tac"]:
-                lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)
-                hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
+                lo, hi = _channel_range(y)
                 t = dmath.floor(_autocontrast(y, lo, hi, 1.0))  # PIL's integer LUT, blended afterwards
             elif p["teq"]:
                 t = fn.cast(fn.equalize(y), dtype=types.FLOAT)
@@ -501,8 +511,7 @@ def stage_grouped(x: DataNode, p: dict, *, hw, channels, fill) -> DataNode:
             y = _floor_u8(y + p["e"] * (t - y))
         return y
     if p["ac"]:
-        lo = fn.reductions.min(y, axis_names="HW", keep_dims=True)
-        hi = fn.reductions.max(y, axis_names="HW", keep_dims=True)
+        lo, hi = _channel_range(y)
         y = _floor_u8(_autocontrast(y, lo, hi, 1.0))
     if p["eq"]:
         y = fn.equalize(y)
