@@ -208,9 +208,9 @@ class TrainLoader:
     CTAugment, whose weights are read once per iteration). The batches do not depend on k. `in_flight`: steps after
     a batch is handed out during which its consumer may still enqueue GPU reads of it (see `_KeepAlive`).
     `branch`: build the strong views with augment.stage_grouped, one DALI conditional per group of ops
-    (default: on the CPU backend, where an operator costs per sample and grouping measured 3x cheaper from
-    7 to 224 samples per iteration; a GPU runs the unbranched chain, where operators cost launches and it
-    has fewer). The batches are the same either way, bit for bit. Image folders: `from_files`.
+    (default: on the CPU backend, where an operator costs per sample and grouping measured 2.2–2.9x
+    cheaper from 7 to 224 samples per iteration; a GPU runs the unbranched chain, where operators cost
+    launches and it has fewer). The batches are the same either way, bit for bit. Image folders: `from_files`.
     """
 
     def __init__(self, lb_x, lb_y, ulb_x, ulb_y, *, batch_size: int, uratio: int, views: ViewSpec,
